@@ -1,0 +1,112 @@
+#pragma once
+// The validated configuration: plain structs, no TOML types. Everything the
+// daemon reads comes from here; docs/configuration.md documents every field,
+// and the defaults below are the documented defaults.
+
+#include "config/units.hh"
+#include "reactor/cpu_set.hh"
+#include "reactor/socket_address.hh"
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <vector>
+
+namespace shardd::config {
+
+inline constexpr std::uint64_t KiB = 1024;
+inline constexpr std::uint64_t MiB = 1024 * KiB;
+inline constexpr std::uint64_t GiB = 1024 * MiB;
+
+using namespace std::chrono_literals;
+
+enum class log_level { trace, debug, info, warn, error };
+enum class log_format { text, json };
+enum class listener_mode { echo, proxy };
+enum class echo_protocol { raw, sockperf };
+enum class balance_policy { round_robin, least_conn, random_two, source_hash };
+
+struct runtime_config {
+    // Empty means "all": every CPU in sched_getaffinity(0) at start-up.
+    bool all_cpus = true;
+    cpu_set cpus;
+    // Registered fixed-buffer arena per shard. 4 MiB is locked memory per
+    // shard; small enough for a default RLIMIT_MEMLOCK of 8 MiB on one or two
+    // shards, large enough for a few hundred in-flight fixed-buffer ops.
+    std::uint64_t io_memory = 4 * MiB;
+    // SQ entries per ring (power of two). 1024 lets one loop iteration batch a
+    // thousand sends before it must call io_uring_enter.
+    std::uint32_t ring_entries = 1024;
+    // Busy-poll this long before sleeping. Off by default: spinning trades a
+    // whole core for a few microseconds of wake-up latency.
+    duration spin_before_park = 0ns;
+    // Preemption timer for throughput task queues: how long a task may run
+    // before a latency-sensitive one gets the CPU. Seastar's task quota.
+    duration preempt_timer = 500us;
+    // Log a task that holds the CPU longer than this (0 disables).
+    duration stall_threshold = 50ms;
+    // Graceful drain: how long open connections may finish after SIGTERM.
+    duration shutdown_timeout = 10s;
+    // Provided buffer ring for multishot recv, per shard: buffers of this
+    // size, this many (a power of two, the kernel's limit is 32768).
+    std::uint64_t recv_buffer_size = 16 * KiB;
+    std::uint32_t recv_buffers = 1024;
+};
+
+struct log_config {
+    log_level level = log_level::info;
+    log_format format = log_format::text;
+};
+
+struct admin_config {
+    // Absent: no admin endpoint.
+    std::optional<socket_address> listen;
+};
+
+struct listener_config {
+    std::string name;
+    std::vector<socket_address> listen;
+    listener_mode mode = listener_mode::echo;
+    echo_protocol protocol = echo_protocol::raw;  // echo only
+    std::string upstream;                         // proxy only
+    // Per listener, over all shards together.
+    std::uint64_t max_connections = 100000;
+    duration idle_timeout = 300s;  // 0 disables
+    // listen(2) backlog; the kernel caps it at net.core.somaxconn.
+    std::uint32_t backlog = 4096;
+    bool nodelay = true;
+    // Bytes received but not yet sent back, per connection, before shardd
+    // stops reading from that peer.
+    std::uint64_t max_pending = 256 * KiB;
+    // Largest sockperf message accepted (header included). sockperf's own
+    // largest payload is 65507 bytes.
+    std::uint64_t max_message = 64 * KiB;
+};
+
+struct upstream_config {
+    std::string name;
+    balance_policy balance = balance_policy::round_robin;
+    std::vector<socket_address> servers;
+    duration connect_timeout = 2s;
+};
+
+struct config {
+    runtime_config runtime;
+    log_config log;
+    admin_config admin;
+    std::vector<listener_config> listeners;
+    std::vector<upstream_config> upstreams;
+
+    const upstream_config* find_upstream(std::string_view name) const;
+};
+
+std::string_view to_string(log_level);
+std::string_view to_string(log_format);
+std::string_view to_string(listener_mode);
+std::string_view to_string(echo_protocol);
+std::string_view to_string(balance_policy);
+
+// The CPUs the shards run on: runtime.cpus resolved against the allowed set.
+cpu_set effective_cpus(const config& cfg, const cpu_set& allowed);
+
+}  // namespace shardd::config

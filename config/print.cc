@@ -1,0 +1,80 @@
+// to_toml(): the effective config, written in the same order and syntax as
+// the example config, so `shardd --print-config` output can be saved and
+// loaded again.
+
+#include "config/load.hh"
+
+#include <sstream>
+
+namespace shardd::config {
+
+namespace {
+
+std::string quoted(std::string_view s) {
+    std::string out = "\"";
+    for (char c : s) {
+        if (c == '"' || c == '\\') {
+            out += '\\';
+        }
+        out += c;
+    }
+    return out + "\"";
+}
+
+std::string address_list(const std::vector<socket_address>& addrs) {
+    std::string out = "[";
+    for (std::size_t i = 0; i < addrs.size(); ++i) {
+        out += (i ? ", " : "") + quoted(addrs[i].to_string());
+    }
+    return out + "]";
+}
+
+}  // namespace
+
+std::string to_toml(const config& cfg) {
+    std::ostringstream os;
+    const auto& rt = cfg.runtime;
+    os << "[runtime]\n"
+       << "cpus = " << quoted(rt.all_cpus ? "all" : rt.cpus.to_string()) << "\n"
+       << "io_memory = " << quoted(format_size(rt.io_memory)) << "\n"
+       << "ring_entries = " << rt.ring_entries << "\n"
+       << "spin_before_park = " << quoted(format_duration(rt.spin_before_park)) << "\n"
+       << "preempt_timer = " << quoted(format_duration(rt.preempt_timer)) << "\n"
+       << "stall_threshold = " << quoted(format_duration(rt.stall_threshold)) << "\n"
+       << "shutdown_timeout = " << quoted(format_duration(rt.shutdown_timeout)) << "\n"
+       << "recv_buffer_size = " << quoted(format_size(rt.recv_buffer_size)) << "\n"
+       << "recv_buffers = " << rt.recv_buffers << "\n";
+    os << "\n[log]\n"
+       << "level = " << quoted(to_string(cfg.log.level)) << "\n"
+       << "format = " << quoted(to_string(cfg.log.format)) << "\n";
+    if (cfg.admin.listen) {
+        os << "\n[admin]\nlisten = " << quoted(cfg.admin.listen->to_string()) << "\n";
+    }
+    for (const auto& l : cfg.listeners) {
+        os << "\n[[listener]]\n"
+           << "name = " << quoted(l.name) << "\n"
+           << "listen = " << address_list(l.listen) << "\n"
+           << "mode = " << quoted(to_string(l.mode)) << "\n";
+        if (l.mode == listener_mode::echo) {
+            os << "protocol = " << quoted(to_string(l.protocol)) << "\n";
+        } else {
+            os << "upstream = " << quoted(l.upstream) << "\n";
+        }
+        os << "max_connections = " << l.max_connections << "\n"
+           << "idle_timeout = " << quoted(format_duration(l.idle_timeout)) << "\n"
+           << "backlog = " << l.backlog << "\n"
+           << "nodelay = " << (l.nodelay ? "true" : "false") << "\n"
+           << "max_pending = " << quoted(format_size(l.max_pending)) << "\n"
+           << "max_message = " << quoted(format_size(l.max_message)) << "\n";
+    }
+    for (const auto& up : cfg.upstreams) {
+        os << "\n[[upstream]]\n"
+           << "name = " << quoted(up.name) << "\n"
+           << "balance = " << quoted(to_string(up.balance)) << "\n"
+           << "servers = " << address_list(up.servers) << "\n"
+           << "connect_timeout = " << quoted(format_duration(up.connect_timeout)) << "\n";
+    }
+    return os.str();
+}
+
+}  // namespace shardd::config
