@@ -145,6 +145,15 @@ struct position {
 
 position pos_of(const toml::source_region& r) { return {r.begin.line, r.begin.column}; }
 
+// Would binding both addresses with SO_REUSEPORT share (or fight over) one
+// port? Same family and port, and the same address or a wildcard on either
+// side. [::] does not take IPv4 because shardd sets IPV6_V6ONLY. Port 0 asks
+// the kernel for a fresh port each time, so it never collides.
+bool overlaps(const socket_address& a, const socket_address& b) {
+    return a.port() != 0 && a.port() == b.port() && a.family() == b.family() &&
+           (a == b || a.is_wildcard() || b.is_wildcard());
+}
+
 class reader {
 public:
     reader(std::string file, const cpu_set& allowed, std::vector<diagnostic>& diags)
@@ -343,8 +352,11 @@ private:
         for (std::size_t i = 0; i < arr->size(); ++i) {
             const std::string item_path = path + "[" + std::to_string(i) + "]";
             if (auto a = address_of(*arr->get(i), item_path, connectable)) {
-                if (std::find(out.begin(), out.end(), *a) != out.end()) {
-                    error(pos_of(arr->get(i)->source()), item_path, "address " + a->to_string() + " is listed twice");
+                auto same = std::find_if(out.begin(), out.end(), [&](const auto& b) { return overlaps(*a, b); });
+                if (same != out.end()) {
+                    error(pos_of(arr->get(i)->source()), item_path,
+                          "address " + a->to_string() +
+                              (*same == *a ? " is listed twice" : " overlaps " + same->to_string()));
                     continue;
                 }
                 out.push_back(*a);
@@ -508,21 +520,25 @@ void reader::read_listener(const toml::table& t, const std::string& prefix, conf
     }
     read_addresses(t, prefix, "listen", l.listen, false);
     // Two listeners on one address would silently split its connections
-    // between them through SO_REUSEPORT: refuse it. Port 0 asks the kernel for
-    // a fresh port each time, so it never collides.
+    // between them through SO_REUSEPORT: refuse it.
     if (const toml::node* n = t.get("listen")) {
         for (std::size_t i = 0; i < l.listen.size(); ++i) {
             const auto& a = l.listen[i];
-            if (a.port() == 0) {
-                continue;
-            }
+            const toml::node* item = n->is_array() ? n->as_array()->get(i) : n;
+            const position at = pos_of(item ? item->source() : n->source());
+            const std::string path = prefix + ".listen" + (n->is_array() ? "[" + std::to_string(i) + "]" : "");
             for (const auto& other : cfg.listeners) {
-                if (std::find(other.listen.begin(), other.listen.end(), a) != other.listen.end()) {
-                    const toml::node* item = n->is_array() ? n->as_array()->get(i) : n;
-                    error(pos_of(item ? item->source() : n->source()),
-                          prefix + ".listen" + (n->is_array() ? "[" + std::to_string(i) + "]" : ""),
-                          "address " + a.to_string() + " is already used by listener \"" + other.name + "\"");
+                for (const auto& b : other.listen) {
+                    if (overlaps(a, b)) {
+                        error(at, path,
+                              "address " + a.to_string() +
+                                  (a == b ? " is already used" : " overlaps " + b.to_string()) + " by listener \"" +
+                                  other.name + "\"");
+                    }
                 }
+            }
+            if (cfg.admin.listen && overlaps(a, *cfg.admin.listen)) {
+                error(at, path, "address " + a.to_string() + " is also admin.listen");
             }
         }
     }
@@ -576,6 +592,9 @@ void reader::read_listener(const toml::table& t, const std::string& prefix, conf
     read_bool(t, prefix, "nodelay", l.nodelay);
     read_size(t, prefix, "max_pending", l.max_pending, 1 * KiB, 1 * GiB);
     read_size(t, prefix, "max_message", l.max_message, sockperf_header, max_message_limit);
+    if (const toml::node* m = t.get("max_message"); m && mode_ok && l.protocol != echo_protocol::sockperf) {
+        warning(pos_of(m->source()), prefix + ".max_message", "has no effect: only sockperf listeners parse messages");
+    }
     cfg.listeners.push_back(std::move(l));
 }
 

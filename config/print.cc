@@ -64,8 +64,10 @@ std::string to_toml(const config& cfg) {
            << "idle_timeout = " << quoted(format_duration(l.idle_timeout)) << "\n"
            << "backlog = " << l.backlog << "\n"
            << "nodelay = " << (l.nodelay ? "true" : "false") << "\n"
-           << "max_pending = " << quoted(format_size(l.max_pending)) << "\n"
-           << "max_message = " << quoted(format_size(l.max_message)) << "\n";
+           << "max_pending = " << quoted(format_size(l.max_pending)) << "\n";
+        if (l.mode == listener_mode::echo && l.protocol == echo_protocol::sockperf) {
+            os << "max_message = " << quoted(format_size(l.max_message)) << "\n";
+        }
     }
     for (const auto& up : cfg.upstreams) {
         os << "\n[[upstream]]\n"

@@ -14,9 +14,9 @@ expected<cli_options, int> parse_cli(int argc, char** argv) {
                "  shardd -c /etc/shardd/shardd.toml             run in the foreground\n"
                "  shardd --check -c shardd.toml                 validate, like nginx -t\n"
                "  shardd --print-config --cpus 0-1 -c shardd.toml  show the effective config");
-    app.add_option("-c,--config", opts.config_path, "configuration file")
-        ->option_text("FILE")
-        ->default_str(default_config_path);
+    app.add_option("-c,--config", opts.config_path,
+                   std::string("configuration file (default ") + default_config_path + ")")
+        ->option_text("FILE");
     app.add_flag("--check", opts.check,
                  "validate the configuration, print 'configuration OK' or the errors, bind nothing");
     app.add_flag("--print-config", opts.print_config, "print the effective configuration as TOML and exit");

@@ -130,13 +130,20 @@ void reload(config::config& running, const cpu_set& shard_cpus, const daemon_opt
     if (!result.ok()) {
         spdlog::error("reload failed: keeping the running configuration");
     } else {
-        if (config::to_toml(*result.cfg) == config::to_toml(running)) {
+        config::config next = std::move(*result.cfg);
+        const bool log_changed = next.log.level != running.log.level || next.log.format != running.log.format;
+        if (log_changed) {
+            setup_logging(next.log.level, next.log.format);
+            running.log = next.log;
+            spdlog::info("reload: log level {}, format {}", config::to_string(running.log.level),
+                         config::to_string(running.log.format));
+        }
+        // Only [log] applies live; say so when the file changed anything else.
+        next.log = running.log;
+        if (config::to_toml(next) != config::to_toml(running)) {
+            spdlog::warn("reload: changes outside [log] take effect on restart");
+        } else if (!log_changed) {
             spdlog::info("reload: configuration unchanged");
-        } else {
-            set_log_level(result.cfg->log.level);
-            running.log = result.cfg->log;
-            spdlog::info("reload: log level now {}; other changes take effect on restart",
-                         config::to_string(running.log.level));
         }
     }
     sd_notify("READY=1");

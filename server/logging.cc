@@ -124,17 +124,20 @@ void setup_logging(config::log_level level, config::log_format format) {
     } else {
         formatter->set_pattern("%Y-%m-%dT%H:%M:%S.%e %-5l [%*] %v");
     }
-    auto sink = std::make_shared<spdlog::sinks::stderr_sink_mt>();
-    sink->set_formatter(std::move(formatter));
-    auto logger = std::make_shared<spdlog::logger>("shardd", std::move(sink));
+    // The logger is made once; a reload swaps its formatter, which the sink
+    // does under the same mutex it logs under, so other threads may go on
+    // logging meanwhile.
+    static const auto logger = [] {
+        auto l = std::make_shared<spdlog::logger>("shardd", std::make_shared<spdlog::sinks::stderr_sink_mt>());
+        // Every line is flushed as it is written: a daemon that dies must not
+        // take its last words with it.
+        l->flush_on(spdlog::level::trace);
+        spdlog::set_default_logger(l);
+        return l;
+    }();
+    logger->set_formatter(std::move(formatter));
     logger->set_level(to_spdlog(level));
-    // Every line is flushed as it is written: a daemon that dies must not
-    // take its last words with it.
-    logger->flush_on(spdlog::level::trace);
-    spdlog::set_default_logger(std::move(logger));
 }
-
-void set_log_level(config::log_level level) { spdlog::default_logger()->set_level(to_spdlog(level)); }
 
 void set_thread_label(std::string label) { t_label = std::move(label); }
 

@@ -1,0 +1,150 @@
+// The command line, through the real binary: exit codes, --check,
+// --print-config and override precedence.
+#include "tests/support/process.hh"
+
+#include <arpa/inet.h>
+#include <catch2/catch.hpp>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+using namespace shardd::test;
+
+namespace {
+
+const std::string listener = "[[listener]]\nname = \"l\"\nlisten = \"127.0.0.1:0\"\nmode = \"echo\"\n";
+
+}  // namespace
+
+TEST_CASE("--help and --version exit 0", "[cli]") {
+    auto help = run_shardd({"--help"});
+    CHECK(help.exit_code == 0);
+    CHECK_THAT(help.out, Catch::Contains("--check"));
+    CHECK_THAT(help.out, Catch::Contains("--print-config"));
+    CHECK_THAT(help.out, Catch::Contains("--cpus"));
+    CHECK_THAT(help.out, Catch::Contains("--log-level"));
+    auto version = run_shardd({"--version"});
+    CHECK(version.exit_code == 0);
+    CHECK_THAT(version.out, Catch::StartsWith("shardd "));
+}
+
+TEST_CASE("usage errors exit 64", "[cli]") {
+    for (const auto& args :
+         std::vector<std::vector<std::string>>{{"--no-such-flag"}, {"-c"}, {"--check", "extra-argument"}, {"--cpus"}}) {
+        INFO(args[0]);
+        auto r = run_shardd(args);
+        CHECK(r.exit_code == 64);
+        CHECK_THAT(r.err, Catch::Contains("shardd --help"));
+    }
+}
+
+TEST_CASE("--check accepts the bundled example config", "[cli]") {
+    auto r = run_shardd({"--check", "-c", source_path("config/shardd.example.toml")});
+    CHECK(r.exit_code == 0);
+    CHECK(r.out == "configuration OK\n");
+    CHECK(r.err.empty());
+}
+
+TEST_CASE("--check reports bad configs with exit 78 and file:line:col", "[cli]") {
+    struct bad_case {
+        const char* what;
+        std::string toml;
+        std::string line;  // expected on stderr
+    };
+    for (const auto& c : {
+             bad_case{"unknown key", "[runtime]\nfoo = 1\n" + listener, ":2:1: runtime.foo: unknown key"},
+             bad_case{"wrong type", "[runtime]\nring_entries = \"big\"\n" + listener,
+                      ":2:16: runtime.ring_entries: expected a power of two"},
+             bad_case{"bad duration", "[runtime]\nshutdown_timeout = \"10 years\"\n" + listener,
+                      ":2:20: runtime.shutdown_timeout: expected a duration like \"10s\""},
+             bad_case{"bad address", "[[listener]]\nname = \"l\"\nlisten = \"300.1.1.1:80\"\nmode = \"echo\"\n",
+                      ":3:10: listener[0].listen: expected an IPv4 address"},
+             bad_case{"syntax error", "[runtime\n" + listener, ":1:9: TOML syntax error"},
+         }) {
+        INFO(c.what);
+        temp_file f("shardd.toml", c.toml);
+        auto r = run_shardd({"--check", "-c", f.path()});
+        CHECK(r.exit_code == 78);
+        CHECK(r.out.empty());
+        CHECK_THAT(r.err, Catch::StartsWith(f.path() + c.line));
+        // One line per problem.
+        CHECK(std::count(r.err.begin(), r.err.end(), '\n') == 1);
+    }
+}
+
+TEST_CASE("a bad config stops the daemon before it starts", "[cli]") {
+    temp_file f("shardd.toml", "[log]\nlevel = \"loud\"\n" + listener);
+    auto r = run_shardd({"-c", f.path()});
+    CHECK(r.exit_code == 78);
+    CHECK_THAT(r.err, Catch::StartsWith(f.path() + ":2:9: log.level: expected"));
+    CHECK_THAT(r.err, !Catch::Contains("ready"));
+}
+
+TEST_CASE("a missing config file exits 78 and names the file", "[cli]") {
+    auto r = run_shardd({"--check", "-c", "/nonexistent/shardd.toml"});
+    CHECK(r.exit_code == 78);
+    CHECK(r.err == "/nonexistent/shardd.toml: cannot open: No such file or directory\n");
+}
+
+TEST_CASE("--check binds nothing", "[cli]") {
+    // Hold a port without SO_REUSEPORT; a config that listens on it passes
+    // --check only if --check does not try to bind it.
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    REQUIRE(fd >= 0);
+    sockaddr_in sin{};
+    sin.sin_family = AF_INET;
+    sin.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    REQUIRE(bind(fd, reinterpret_cast<sockaddr*>(&sin), sizeof(sin)) == 0);
+    REQUIRE(listen(fd, 1) == 0);
+    socklen_t len = sizeof(sin);
+    REQUIRE(getsockname(fd, reinterpret_cast<sockaddr*>(&sin), &len) == 0);
+    const std::string port = std::to_string(ntohs(sin.sin_port));
+    temp_file f("shardd.toml", "[[listener]]\nname = \"l\"\nlisten = \"127.0.0.1:" + port + "\"\nmode = \"echo\"\n");
+    auto r = run_shardd({"--check", "-c", f.path()});
+    CHECK(r.exit_code == 0);
+    CHECK(r.out == "configuration OK\n");
+    close(fd);
+}
+
+TEST_CASE("--print-config prints the effective config; the command line wins", "[cli]") {
+    temp_file f("shardd.toml", "[runtime]\ncpus = \"0-1\"\n[log]\nlevel = \"debug\"\n" + listener);
+    auto r = run_shardd({"--print-config", "-c", f.path()});
+    CHECK(r.exit_code == 0);
+    CHECK_THAT(r.out, Catch::StartsWith("[runtime]\ncpus = \"0-1\"\n"));
+    CHECK_THAT(r.out, Catch::Contains("level = \"debug\""));
+    CHECK_THAT(r.out, Catch::Contains("listen = [\"127.0.0.1:0\"]"));
+
+    r = run_shardd({"--print-config", "-c", f.path(), "--cpus", "0", "--log-level", "error"});
+    CHECK(r.exit_code == 0);
+    CHECK_THAT(r.out, Catch::StartsWith("[runtime]\ncpus = \"0\"\n"));
+    CHECK_THAT(r.out, Catch::Contains("level = \"error\""));
+
+    // The printed config is itself a valid config.
+    temp_file again("again.toml", r.out);
+    auto check = run_shardd({"--check", "--print-config", "-c", again.path()});
+    CHECK(check.exit_code == 0);
+    CHECK(check.out == r.out);
+    CHECK(check.err == "configuration OK\n");
+}
+
+TEST_CASE("bad command-line values exit 64 and name the option", "[cli]") {
+    temp_file f("shardd.toml", listener);
+    auto r = run_shardd({"--check", "-c", f.path(), "--cpus", "0-"});
+    CHECK(r.exit_code == 64);
+    CHECK_THAT(r.err, Catch::StartsWith("command line: --cpus: expected"));
+    r = run_shardd({"--check", "-c", f.path(), "--cpus", "4000"});
+    CHECK(r.exit_code == 64);
+    CHECK_THAT(r.err, Catch::StartsWith("command line: --cpus: CPU 4000 is not available"));
+    r = run_shardd({"--check", "-c", f.path(), "--log-level", "chatty"});
+    CHECK(r.exit_code == 64);
+    CHECK_THAT(r.err, Catch::StartsWith("command line: --log-level: expected"));
+}
+
+TEST_CASE("--cpus overrides a file value outside the allowed set", "[cli]") {
+    temp_file f("shardd.toml", "[runtime]\ncpus = \"4000\"\n" + listener);
+    auto r = run_shardd({"--check", "-c", f.path()});
+    CHECK(r.exit_code == 78);
+    CHECK_THAT(r.err, Catch::Contains(":2:8: runtime.cpus: CPU 4000 is not available"));
+    r = run_shardd({"--check", "-c", f.path(), "--cpus", "0"});
+    CHECK(r.exit_code == 0);
+}

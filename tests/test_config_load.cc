@@ -1,0 +1,239 @@
+// Loading good configs: every key, the defaults, overrides and --print-config.
+#include "config/load.hh"
+#include "tests/support/process.hh"
+
+#include <catch2/catch.hpp>
+
+using namespace shardd;
+using namespace shardd::config;
+using namespace std::chrono_literals;
+
+namespace {
+
+using config_t = shardd::config::config;
+const cpu_set two_cpus({0, 1});
+
+config_t load_ok(const std::string& text, const overrides& over = {}, const cpu_set& allowed = two_cpus) {
+    auto r = load_string(text, "test.toml", over, allowed);
+    for (const auto& d : r.diagnostics) {
+        UNSCOPED_INFO(d.to_string());
+    }
+    REQUIRE(r.ok());
+    return *r.cfg;
+}
+
+const std::string minimal = R"(
+[[listener]]
+name = "echo"
+listen = "127.0.0.1:0"
+mode = "echo"
+)";
+
+const std::string every_key = R"(
+[runtime]
+cpus = "1"
+io_memory = "8MiB"
+ring_entries = 256
+spin_before_park = "50us"
+preempt_timer = "2ms"
+stall_threshold = "0s"
+shutdown_timeout = "1m30s"
+recv_buffer_size = "4KiB"
+recv_buffers = 2048
+
+[log]
+level = "debug"
+format = "json"
+
+[admin]
+listen = "[::1]:9901"
+
+[[listener]]
+name = "e1"
+listen = ["0.0.0.0:7007", "[::]:7007"]
+mode = "echo"
+protocol = "sockperf"
+max_connections = 10
+idle_timeout = "0s"
+backlog = 128
+nodelay = false
+max_pending = "1MiB"
+max_message = "1KiB"
+
+[[listener]]
+name = "p1"
+listen = ["127.0.0.1:8080"]
+mode = "proxy"
+upstream = "web"
+
+[[upstream]]
+name = "web"
+balance = "least_conn"
+servers = ["127.0.0.1:18080", "[::1]:18081"]
+connect_timeout = "250ms"
+)";
+
+}  // namespace
+
+TEST_CASE("a minimal config gets the documented defaults", "[config]") {
+    config_t c = load_ok(minimal);
+    CHECK(c.runtime.all_cpus);
+    CHECK(c.runtime.io_memory == 4 * MiB);
+    CHECK(c.runtime.ring_entries == 1024);
+    CHECK(c.runtime.spin_before_park == 0ns);
+    CHECK(c.runtime.preempt_timer == 500us);
+    CHECK(c.runtime.stall_threshold == 50ms);
+    CHECK(c.runtime.shutdown_timeout == 10s);
+    CHECK(c.runtime.recv_buffer_size == 16 * KiB);
+    CHECK(c.runtime.recv_buffers == 1024);
+    CHECK(c.log.level == log_level::info);
+    CHECK(c.log.format == log_format::text);
+    CHECK_FALSE(c.admin.listen.has_value());
+    REQUIRE(c.listeners.size() == 1);
+    const auto& l = c.listeners[0];
+    CHECK(l.name == "echo");
+    REQUIRE(l.listen.size() == 1);
+    CHECK(l.listen[0].to_string() == "127.0.0.1:0");
+    CHECK(l.mode == listener_mode::echo);
+    CHECK(l.protocol == echo_protocol::raw);
+    CHECK(l.max_connections == 100000);
+    CHECK(l.idle_timeout == 300s);
+    CHECK(l.backlog == 4096);
+    CHECK(l.nodelay);
+    CHECK(l.max_pending == 256 * KiB);
+    CHECK(l.max_message == 64 * KiB);
+    CHECK(c.upstreams.empty());
+    CHECK(effective_cpus(c, two_cpus) == two_cpus);
+}
+
+TEST_CASE("every key is read", "[config]") {
+    config_t c = load_ok(every_key);
+    CHECK_FALSE(c.runtime.all_cpus);
+    CHECK(c.runtime.cpus.cpus() == std::vector<unsigned>{1});
+    CHECK(effective_cpus(c, two_cpus).cpus() == std::vector<unsigned>{1});
+    CHECK(c.runtime.io_memory == 8 * MiB);
+    CHECK(c.runtime.ring_entries == 256);
+    CHECK(c.runtime.spin_before_park == 50us);
+    CHECK(c.runtime.preempt_timer == 2ms);
+    CHECK(c.runtime.stall_threshold == 0s);
+    CHECK(c.runtime.shutdown_timeout == 90s);
+    CHECK(c.runtime.recv_buffer_size == 4 * KiB);
+    CHECK(c.runtime.recv_buffers == 2048);
+    CHECK(c.log.level == log_level::debug);
+    CHECK(c.log.format == log_format::json);
+    REQUIRE(c.admin.listen.has_value());
+    CHECK(c.admin.listen->to_string() == "[::1]:9901");
+
+    REQUIRE(c.listeners.size() == 2);
+    const auto& e = c.listeners[0];
+    CHECK(e.name == "e1");
+    REQUIRE(e.listen.size() == 2);
+    CHECK(e.listen[0].to_string() == "0.0.0.0:7007");
+    CHECK(e.listen[1].to_string() == "[::]:7007");
+    CHECK(e.mode == listener_mode::echo);
+    CHECK(e.protocol == echo_protocol::sockperf);
+    CHECK(e.max_connections == 10);
+    CHECK(e.idle_timeout == 0s);
+    CHECK(e.backlog == 128);
+    CHECK_FALSE(e.nodelay);
+    CHECK(e.max_pending == 1 * MiB);
+    CHECK(e.max_message == 1 * KiB);
+    const auto& p = c.listeners[1];
+    CHECK(p.mode == listener_mode::proxy);
+    CHECK(p.upstream == "web");
+
+    REQUIRE(c.upstreams.size() == 1);
+    const auto* up = c.find_upstream("web");
+    REQUIRE(up != nullptr);
+    CHECK(up->balance == balance_policy::least_conn);
+    REQUIRE(up->servers.size() == 2);
+    CHECK(up->servers[1].to_string() == "[::1]:18081");
+    CHECK(up->connect_timeout == 250ms);
+    CHECK(c.find_upstream("nope") == nullptr);
+}
+
+TEST_CASE("every balance policy and log level is accepted", "[config]") {
+    for (const char* policy : {"round_robin", "least_conn", "random_two", "source_hash"}) {
+        config_t c = load_ok(minimal + "[[upstream]]\nname = \"u\"\nbalance = \"" + policy +
+                             "\"\nservers = [\"127.0.0.1:1\"]\n");
+        CHECK(to_string(c.upstreams[0].balance) == policy);
+    }
+    for (const char* level : {"trace", "debug", "info", "warn", "error"}) {
+        config_t c = load_ok("[log]\nlevel = \"" + std::string(level) + "\"\n" + minimal);
+        CHECK(to_string(c.log.level) == level);
+    }
+}
+
+TEST_CASE("sizes may be plain integers of bytes", "[config]") {
+    config_t c = load_ok("[runtime]\nio_memory = 1048576\n" + minimal);
+    CHECK(c.runtime.io_memory == 1 * MiB);
+}
+
+TEST_CASE("command-line overrides win over the file", "[config]") {
+    overrides over;
+    over.cpus = "0";
+    over.log_level = "warn";
+    config_t c = load_ok(every_key, over);
+    CHECK(c.runtime.cpus.cpus() == std::vector<unsigned>{0});
+    CHECK(c.log.level == log_level::warn);
+    over.cpus = "all";
+    c = load_ok(every_key, over);
+    CHECK(c.runtime.all_cpus);
+    CHECK(effective_cpus(c, two_cpus) == two_cpus);
+}
+
+TEST_CASE("--cpus replaces a file value outside the allowed set", "[config]") {
+    overrides over;
+    over.cpus = "0";
+    config_t c = load_ok("[runtime]\ncpus = \"5\"\n" + minimal, over);
+    CHECK(c.runtime.cpus.cpus() == std::vector<unsigned>{0});
+}
+
+TEST_CASE("the printed config loads back to the same config", "[config]") {
+    for (const std::string& text : {minimal, every_key}) {
+        config_t c = load_ok(text);
+        const std::string printed = to_toml(c);
+        config_t again = load_ok(printed);
+        CHECK(to_toml(again) == printed);
+    }
+}
+
+TEST_CASE("an unused upstream is a warning, not an error", "[config]") {
+    auto r =
+        load_string(minimal + "[[upstream]]\nname = \"spare\"\nservers = [\"127.0.0.1:1\"]\n", "w.toml", {}, two_cpus);
+    REQUIRE(r.ok());
+    REQUIRE(r.diagnostics.size() == 1);
+    CHECK(r.diagnostics[0].level == severity::warning);
+    CHECK(r.diagnostics[0].to_string() ==
+          "w.toml:7:8: warning: upstream[0].name: upstream \"spare\" is not used by any listener");
+}
+
+TEST_CASE("IPv4 and IPv6 wildcards on one port do not overlap", "[config]") {
+    config_t c = load_ok("[[listener]]\nname = \"l\"\nlisten = [\"0.0.0.0:7\", \"[::]:7\"]\nmode = \"echo\"\n");
+    CHECK(c.listeners[0].listen.size() == 2);
+}
+
+TEST_CASE("max_message outside a sockperf listener is a warning", "[config]") {
+    auto r = load_string(minimal + "max_message = \"1KiB\"\n", "w.toml", {}, two_cpus);
+    REQUIRE(r.ok());
+    REQUIRE(r.diagnostics.size() == 1);
+    CHECK(r.diagnostics[0].to_string() ==
+          "w.toml:6:15: warning: listener[0].max_message: has no effect: only sockperf listeners parse messages");
+}
+
+TEST_CASE("the bundled example config is valid", "[config]") {
+    auto r = load_file(test::source_path("config/shardd.example.toml"), {}, two_cpus);
+    for (const auto& d : r.diagnostics) {
+        UNSCOPED_INFO(d.to_string());
+    }
+    REQUIRE(r.ok());
+    CHECK(r.diagnostics.empty());
+    CHECK(r.cfg->listeners.size() == 3);
+}
+
+TEST_CASE("a missing file is reported with its name", "[config]") {
+    auto r = load_file("/nonexistent/shardd.toml", {}, two_cpus);
+    REQUIRE_FALSE(r.ok());
+    REQUIRE(r.diagnostics.size() == 1);
+    CHECK(r.diagnostics[0].to_string() == "/nonexistent/shardd.toml: cannot open: No such file or directory");
+}
