@@ -1,0 +1,1 @@
+#include "reactor/io_memory.hh"

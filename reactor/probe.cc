@@ -1,0 +1,1 @@
+#include "reactor/probe.hh"
