@@ -1,0 +1,357 @@
+#include "reactor/executor.hh"
+
+#include <cerrno>
+#include <ctime>
+#include <poll.h>
+#include <spdlog/spdlog.h>
+#include <sys/eventfd.h>
+#include <unistd.h>
+
+namespace shardd {
+
+namespace {
+
+thread_local executor* t_current = nullptr;
+
+std::uint64_t now_ns() noexcept {
+    timespec ts{};
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return static_cast<std::uint64_t>(ts.tv_sec) * 1'000'000'000ull + static_cast<std::uint64_t>(ts.tv_nsec);
+}
+
+__kernel_timespec to_kernel(nanoseconds d) {
+    __kernel_timespec ts{};
+    ts.tv_sec = d.count() / 1'000'000'000;
+    ts.tv_nsec = d.count() % 1'000'000'000;
+    return ts;
+}
+
+// How long shutdown waits for cancelled operations to report back before it
+// gives up and leaks them (a kernel that never completes a cancel would
+// otherwise hang the process on exit).
+constexpr auto shutdown_drain_timeout = 5s;
+
+}  // namespace
+
+executor* executor::current() noexcept { return t_current; }
+
+executor::executor(const executor_config& cfg) : _cfg(cfg) {}
+
+expected<std::unique_ptr<executor>> executor::create(const executor_config& cfg) {
+    if (t_current != nullptr) {
+        return unexpected{std::make_error_code(std::errc::device_or_resource_busy)};
+    }
+    std::unique_ptr<executor> ex(new executor(cfg));
+    for (auto kind : {internal::ring_kind::main, internal::ring_kind::latency, internal::ring_kind::poll}) {
+        auto r = internal::ring::create(kind, cfg.ring_entries);
+        if (!r) {
+            spdlog::error("{}: cannot create the {} ring: {}", cfg.name, internal::to_string(kind),
+                          r.error().message());
+            return unexpected{r.error()};
+        }
+        switch (kind) {
+        case internal::ring_kind::main: ex->_main = std::move(*r); break;
+        case internal::ring_kind::latency: ex->_latency = std::move(*r); break;
+        case internal::ring_kind::poll: ex->_poll = std::move(*r); break;
+        }
+    }
+    // Blocking on purpose: io_uring returns -EAGAIN for a read on an
+    // O_NONBLOCK file instead of waiting for it to become readable.
+    ex->_event_fd = eventfd(0, EFD_CLOEXEC);
+    if (ex->_event_fd < 0) {
+        return unexpected{errno_code(errno)};
+    }
+    spdlog::debug("{}: rings main {} (fd {}), latency {} (fd {}), poll {} (fd {}); eventfd {}", cfg.name,
+                  ex->_main->describe_flags(), ex->_main->fd(), ex->_latency->describe_flags(), ex->_latency->fd(),
+                  ex->_poll->describe_flags(), ex->_poll->fd(), ex->_event_fd);
+
+    ex->_queues.push_back(std::make_unique<internal::task_queue>());
+    ex->_queues[0]->stats.name = "default";
+
+    ex->_eventfd_op.self = ex.get();
+    ex->_eventfd_op.fn = [](completion* c, int res, std::uint32_t) {
+        auto* self = static_cast<internal_op*>(c)->self;
+        self->_eventfd_armed = false;
+        if (res > 0) {
+            ++self->_eventfd_wakeups;
+        }
+    };
+    ex->_latency_poll_op.self = ex.get();
+    ex->_latency_poll_op.fn = [](completion* c, int, std::uint32_t) {
+        static_cast<internal_op*>(c)->self->_latency_poll_armed = false;
+    };
+    ex->_preempt_op.self = ex.get();
+    ex->_preempt_op.fn = [](completion* c, int, std::uint32_t) {
+        static_cast<internal_op*>(c)->self->_preempt_armed = false;
+    };
+    t_current = ex.get();
+    ex->arm_eventfd_read();
+    return ex;
+}
+
+executor::~executor() {
+    drain_for_shutdown();
+    _roots.destroy_all();
+    if (_event_fd >= 0) {
+        close(_event_fd);
+    }
+    if (t_current == this) {
+        t_current = nullptr;
+    }
+}
+
+task_queue_handle executor::create_task_queue(std::string name, unsigned shares, std::optional<nanoseconds> latency) {
+    auto q = std::make_unique<internal::task_queue>();
+    q->stats.name = std::move(name);
+    q->stats.shares = shares == 0 ? 1 : shares;
+    q->stats.latency = latency;
+    q->index = static_cast<unsigned>(_queues.size());
+    _queues.push_back(std::move(q));
+    return {_queues.back()->index};
+}
+
+internal::ring& executor::ring_for_current() noexcept {
+    return (_current && _current->stats.latency) ? *_latency : *_main;
+}
+
+void executor::schedule(std::coroutine_handle<> h, internal::task_queue* q) {
+    if (q == nullptr) {
+        q = _queues[0].get();
+    }
+    q->runnable.push_back(h);
+    if (!q->active) {
+        q->active = true;
+        ++_active_count;
+        // A queue that slept does not bank credit: it rejoins at the
+        // smallest virtual runtime of the running queues (CFS's rule), so a
+        // long-idle queue cannot monopolise the CPU when it wakes.
+        q->vruntime = std::max(q->vruntime, _min_vruntime);
+    }
+}
+
+void executor::request_stop() noexcept {
+    _stop.store(true, std::memory_order_release);
+    const std::uint64_t one = 1;
+    [[maybe_unused]] auto n = write(_event_fd, &one, sizeof(one));
+}
+
+void executor::wake() noexcept {
+    // Pairs with the seq_cst store + fence in park(): either the sleeper sees
+    // the sender's work before it sleeps, or the sender sees _sleeping.
+    std::atomic_thread_fence(std::memory_order_seq_cst);
+    if (_sleeping.load(std::memory_order_relaxed) && _sleeping.exchange(false, std::memory_order_acq_rel)) {
+        const std::uint64_t one = 1;
+        [[maybe_unused]] auto n = write(_event_fd, &one, sizeof(one));
+    }
+}
+
+void executor::arm_eventfd_read() {
+    if (_eventfd_armed) {
+        return;
+    }
+    io_uring_sqe* sqe = _latency->get_sqe();
+    io_uring_prep_read(sqe, _event_fd, &_eventfd_value, sizeof(_eventfd_value), 0);
+    _latency->track(sqe, &_eventfd_op);
+    _eventfd_armed = true;
+}
+
+void executor::arm_latency_poll() {
+    if (_latency_poll_armed) {
+        return;
+    }
+    // The main ring wakes when the latency ring has a CQE: a one-shot poll on
+    // the latency ring's fd (Glommio's link_rings_and_sleep).
+    io_uring_sqe* sqe = _main->get_sqe();
+    io_uring_prep_poll_add(sqe, _latency->fd(), POLLIN);
+    _main->track(sqe, &_latency_poll_op);
+    _latency_poll_armed = true;
+}
+
+void executor::arm_preempt_timer() {
+    if (_preempt_armed) {
+        return;
+    }
+    nanoseconds period = _cfg.preempt_timer;
+    for (const auto& q : _queues) {
+        if (q->active && q->stats.latency && *q->stats.latency < period) {
+            period = *q->stats.latency;
+        }
+    }
+    _preempt_ts = to_kernel(period);
+    io_uring_sqe* sqe = _latency->get_sqe();
+    io_uring_prep_timeout(sqe, &_preempt_ts, 0, 0);
+    _latency->track(sqe, &_preempt_op);
+    _preempt_armed = true;
+    // The timer only runs once the kernel has it.
+    _latency->submit();
+}
+
+bool executor::poll_io() {
+    unsigned n = 0;
+    for (internal::ring* r : {_latency.get(), _main.get(), _poll.get()}) {
+        // The main ring with DEFER_TASKRUN posts completions only inside
+        // io_uring_enter; the poll ring completes only while polled.
+        const bool must_enter = r->pending_submissions() > 0 ||
+                                (r == _main.get() && (r->setup_flags() & IORING_SETUP_DEFER_TASKRUN)) ||
+                                (r == _poll.get() && r->in_flight() > 0);
+        if (must_enter) {
+            r->submit();
+        }
+        n += r->reap();
+    }
+    bool did = n > 0;
+    for (work_source* s : _sources) {
+        did |= s->poll();
+    }
+    if (!_eventfd_armed) {
+        arm_eventfd_read();
+    }
+    return did;
+}
+
+bool executor::run_one_slice() {
+    if (_active_count == 0) {
+        return false;
+    }
+    internal::task_queue* q = nullptr;
+    for (const auto& c : _queues) {
+        // Ties go to latency-class queues.
+        if (c->active && (!q || c->vruntime < q->vruntime ||
+                          (c->vruntime == q->vruntime && c->stats.latency && !q->stats.latency))) {
+            q = c.get();
+        }
+    }
+    // Always armed while tasks run, even with one queue active: a task that
+    // never suspends must still give the loop a chance to reap completions
+    // for the others. Re-armed only after it fires, so a busy executor pays
+    // one latency-ring submission per preempt_timer period.
+    arm_preempt_timer();
+    _current = q;
+    const std::uint64_t start = now_ns();
+    std::uint64_t ran = 0;
+    bool preempted = false;
+    while (!q->runnable.empty()) {
+        auto h = q->runnable.front();
+        q->runnable.pop_front();
+        h.resume();
+        ++ran;
+        if (need_preempt()) {
+            preempted = !q->runnable.empty();
+            break;
+        }
+    }
+    const std::uint64_t elapsed = now_ns() - start;
+    _current = nullptr;
+    q->stats.runtime += nanoseconds(elapsed);
+    q->stats.tasks_run += ran;
+    ++q->stats.slices;
+    q->stats.preempted += preempted ? 1 : 0;
+    q->vruntime += elapsed * reference_shares / q->stats.shares;
+    if (q->runnable.empty()) {
+        q->active = false;
+        --_active_count;
+    }
+    std::uint64_t min_v = UINT64_MAX;
+    for (const auto& c : _queues) {
+        if (c->active) {
+            min_v = std::min(min_v, c->vruntime);
+        }
+    }
+    if (min_v != UINT64_MAX) {
+        _min_vruntime = std::max(_min_vruntime, min_v);
+    }
+    if (_cfg.stall_threshold.count() > 0 && elapsed > static_cast<std::uint64_t>(_cfg.stall_threshold.count())) {
+        spdlog::warn("{}: task queue {} held the CPU for {}us in one slice ({} task resumption{}; threshold {}us)",
+                     _cfg.name, q->stats.name, elapsed / 1000, ran, ran == 1 ? "" : "s",
+                     _cfg.stall_threshold.count() / 1000);
+    }
+    return true;
+}
+
+void executor::park() {
+    if (_cfg.spin_before_park.count() > 0) {
+        const std::uint64_t until = now_ns() + static_cast<std::uint64_t>(_cfg.spin_before_park.count());
+        do {
+            if (poll_io() || _active_count > 0 || stop_requested()) {
+                return;
+            }
+        } while (now_ns() < until);
+    }
+    // The poll ring cannot wake a sleeper: while it has operations in flight,
+    // keep polling instead of sleeping.
+    if (_poll->in_flight() > 0) {
+        return;
+    }
+    arm_eventfd_read();
+    arm_latency_poll();
+    _latency->submit();
+    _sleeping.store(true, std::memory_order_seq_cst);
+    std::atomic_thread_fence(std::memory_order_seq_cst);
+    bool work = stop_requested() || need_preempt() || _main->has_work() || _active_count > 0;
+    for (work_source* s : _sources) {
+        work = work || s->has_work();
+    }
+    if (!work) {
+        ++_parks;
+        _main->submit_and_wait();
+    }
+    _sleeping.store(false, std::memory_order_relaxed);
+}
+
+void executor::run_until(const bool& done) {
+    executor* previous = t_current;
+    t_current = this;
+    while (!done && !stop_requested()) {
+        ++_iterations;
+        poll_io();
+        if (run_one_slice()) {
+            continue;
+        }
+        if (done || stop_requested()) {
+            break;
+        }
+        park();
+    }
+    t_current = previous;
+}
+
+void executor::run() {
+    const bool never = false;
+    run_until(never);
+}
+
+void executor::drain_for_shutdown() {
+    // Cancel everything in flight on every ring and wait for the final CQEs,
+    // so that no completion can land in a coroutine frame destroyed below.
+    // Callbacks still run (they only mark state and queue handles); nothing
+    // is resumed.
+    const std::uint64_t deadline =
+        now_ns() + static_cast<std::uint64_t>(std::chrono::nanoseconds(shutdown_drain_timeout).count());
+    for (internal::ring* r : {_latency.get(), _main.get(), _poll.get()}) {
+        if (!r) {
+            continue;
+        }
+        if (r->in_flight() > 0) {
+            io_uring_sqe* sqe = r->get_sqe();
+            io_uring_prep_cancel(sqe, nullptr, IORING_ASYNC_CANCEL_ANY | IORING_ASYNC_CANCEL_ALL);
+            r->track(sqe, nullptr);
+        }
+        while (r->in_flight() > 0 && now_ns() < deadline) {
+            r->submit();
+            if (r->reap() == 0) {
+                __kernel_timespec ts{0, 1'000'000};
+                io_uring_cqe* cqe = nullptr;
+                io_uring_wait_cqe_timeout(&r->raw(), &cqe, &ts);
+            }
+        }
+        if (r->in_flight() > 0) {
+            spdlog::warn("{}: {} ring still has {} operations in flight at shutdown", _cfg.name,
+                         internal::to_string(r->kind()), r->in_flight());
+        }
+    }
+    for (auto& q : _queues) {
+        q->runnable.clear();
+    }
+}
+
+}  // namespace shardd

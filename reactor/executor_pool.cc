@@ -1,0 +1,126 @@
+#include "reactor/executor_pool.hh"
+
+#include <future>
+#include <pthread.h>
+#include <spdlog/spdlog.h>
+
+namespace shardd {
+
+expected<std::unique_ptr<executor_pool>, std::string>
+executor_pool::start(const cpu_set& cpus, const executor_builder& tmpl, shard_main main) {
+    std::unique_ptr<executor_pool> pool(new executor_pool());
+    const std::size_t n = cpus.size();
+    pool->_mesh = std::make_unique<shard_mesh>(n);
+    pool->_executors.assign(n, nullptr);
+    pool->_errors.resize(n);
+    // The pool keeps the callable: a coroutine lambda's captures live in its
+    // closure object, which must outlive every shard's main task.
+    pool->_main = std::move(main);
+
+    // Start-up handshake: every thread reports its executor (or an error),
+    // then waits for "go" — true to run, false to give up because a sibling
+    // failed. The mesh needs every executor before any message can flow.
+    std::vector<std::promise<expected<executor*, std::string>>> ready(n);
+    pool->_mains_done = std::make_unique<std::latch>(static_cast<std::ptrdiff_t>(n));
+    pool->_all_stopped = std::make_unique<std::barrier<>>(static_cast<std::ptrdiff_t>(n));
+    std::promise<bool> go_promise;
+    std::shared_future<bool> go = go_promise.get_future().share();
+
+    for (std::size_t i = 0; i < n; ++i) {
+        const unsigned cpu = cpus.cpus()[i];
+        pool->_threads.emplace_back([&, i, cpu, go, p = pool.get()] {
+            // Pin first: rings, buffers and the stack we touch from here on
+            // come from this CPU's NUMA node.
+            if (auto ec = pin_current_thread(cpu)) {
+                ready[i].set_value(unexpected{"shard " + std::to_string(i) + ": cannot pin to CPU " +
+                                              std::to_string(cpu) + ": " + ec.message()});
+                return;
+            }
+            const std::string thread_name = (tmpl.config().name + "/" + std::to_string(i)).substr(0, 15);
+            pthread_setname_np(pthread_self(), thread_name.c_str());
+            executor_config cfg = tmpl.config();
+            cfg.name = "shard " + std::to_string(i);
+            auto ex = executor::create(cfg);
+            if (!ex) {
+                ready[i].set_value(unexpected{"shard " + std::to_string(i) + " on CPU " + std::to_string(cpu) +
+                                              ": cannot create its executor: " + ex.error().message()});
+                return;
+            }
+            p->_mesh->attach(static_cast<unsigned>(i), **ex);
+            ready[i].set_value(ex->get());
+            if (!go.get()) {
+                return;
+            }
+            try {
+                (*ex)->run(p->_main(static_cast<unsigned>(i)));
+            } catch (const std::exception& e) {
+                if (!(*ex)->stop_requested()) {
+                    p->_errors[i] = "shard " + std::to_string(i) + ": " + e.what();
+                }
+            }
+            p->_mains_done->count_down();
+            // Keep serving cross-shard messages until the pool stops: other
+            // shards may still talk to this one.
+            (*ex)->run();
+            // Nobody may send to (wake) an executor that is gone: wait until
+            // every shard has left its loop, then destroy ours, here on its
+            // own thread as SINGLE_ISSUER requires.
+            p->_all_stopped->arrive_and_wait();
+        });
+    }
+
+    std::string failure;
+    for (std::size_t i = 0; i < n; ++i) {
+        auto r = ready[i].get_future().get();
+        if (r) {
+            pool->_executors[i] = *r;
+        } else if (failure.empty()) {
+            failure = r.error();
+        }
+    }
+    go_promise.set_value(failure.empty());
+    if (!failure.empty()) {
+        for (auto& t : pool->_threads) {
+            t.join();
+        }
+        pool->_threads.clear();
+        return unexpected{failure};
+    }
+    return pool;
+}
+
+executor_pool::~executor_pool() { stop(); }
+
+void executor_pool::stop() {
+    request_stop();
+    for (auto& t : _threads) {
+        t.join();
+    }
+    std::fill(_executors.begin(), _executors.end(), nullptr);
+    _threads.clear();
+}
+
+void executor_pool::request_stop() {
+    for (executor* ex : _executors) {
+        if (ex) {
+            ex->request_stop();
+        }
+    }
+}
+
+void executor_pool::join() {
+    if (!_threads.empty()) {
+        _mains_done->wait();
+        request_stop();
+    }
+    for (auto& t : _threads) {
+        if (t.joinable()) {
+            t.join();
+        }
+    }
+    // Executors are gone with their threads.
+    std::fill(_executors.begin(), _executors.end(), nullptr);
+    _threads.clear();
+}
+
+}  // namespace shardd

@@ -1,0 +1,180 @@
+#include "reactor/internal/ring.hh"
+
+#include <cerrno>
+#include <span>
+#include <spdlog/spdlog.h>
+
+namespace shardd::internal {
+
+namespace {
+
+// Flags that do not exist in liburing 2.3's header on older build hosts are
+// all present there; these names are only for the log.
+struct flag_name {
+    unsigned flag;
+    const char* name;
+};
+constexpr flag_name flag_names[] = {
+    {IORING_SETUP_IOPOLL, "IOPOLL"},
+    {IORING_SETUP_SINGLE_ISSUER, "SINGLE_ISSUER"},
+    {IORING_SETUP_DEFER_TASKRUN, "DEFER_TASKRUN"},
+    {IORING_SETUP_COOP_TASKRUN, "COOP_TASKRUN"},
+    {IORING_SETUP_TASKRUN_FLAG, "TASKRUN_FLAG"},
+    {IORING_SETUP_SUBMIT_ALL, "SUBMIT_ALL"},
+    {IORING_SETUP_CQSIZE, "CQSIZE"},
+};
+
+std::string flags_to_string(unsigned flags) {
+    std::string out;
+    for (const auto& f : flag_names) {
+        if (flags & f.flag) {
+            out += (out.empty() ? "" : "|") + std::string(f.name);
+        }
+    }
+    return out.empty() ? "none" : out;
+}
+
+// Flag sets to try, best first.
+//
+// main: SINGLE_ISSUER|DEFER_TASKRUN (6.1) runs completions only when we ask
+//   (io_uring_enter with GETEVENTS), so the kernel never interrupts a running
+//   task to post them: fewer context switches, batched completion work.
+//   Fallback COOP_TASKRUN|TASKRUN_FLAG (5.19) gives the same "no IPI" with the
+//   pending work visible in sq.kflags.
+// latency: must interrupt. Its CQEs are what need_preempt() watches, and a
+//   thread asleep on the main ring must be woken by them: with COOP or DEFER
+//   task-run a completion here would wait for our next syscall. So only
+//   SINGLE_ISSUER (6.0), which changes no notification behaviour.
+// poll: IOPOLL completions are reaped by polling from io_uring_enter anyway.
+std::span<const unsigned> candidates(ring_kind kind) {
+    static constexpr unsigned main_sets[] = {
+        IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN,
+        IORING_SETUP_COOP_TASKRUN | IORING_SETUP_TASKRUN_FLAG,
+        0,
+    };
+    static constexpr unsigned latency_sets[] = {IORING_SETUP_SINGLE_ISSUER, 0};
+    static constexpr unsigned poll_sets[] = {IORING_SETUP_IOPOLL | IORING_SETUP_SINGLE_ISSUER, IORING_SETUP_IOPOLL};
+    switch (kind) {
+    case ring_kind::main: return main_sets;
+    case ring_kind::latency: return latency_sets;
+    case ring_kind::poll: return poll_sets;
+    }
+    return {};
+}
+
+// The CQ is sized at 4x the SQ: multishot accept and recv post many CQEs per
+// SQE, and an overflowing CQ costs an extra kernel list (IORING_FEAT_NODROP).
+constexpr unsigned cq_factor = 4;
+
+}  // namespace
+
+const char* to_string(ring_kind kind) {
+    switch (kind) {
+    case ring_kind::main: return "main";
+    case ring_kind::latency: return "latency";
+    case ring_kind::poll: return "poll";
+    }
+    return "?";
+}
+
+unsigned ring::candidate_count(ring_kind kind) { return static_cast<unsigned>(candidates(kind).size()); }
+
+expected<std::unique_ptr<ring>> ring::create(ring_kind kind, unsigned entries, unsigned first_candidate) {
+    std::unique_ptr<ring> r(new ring(kind));
+    int rc = -EINVAL;
+    unsigned tried_before = 0;
+    bool first = true;
+    for (unsigned flags : candidates(kind).subspan(std::min<std::size_t>(first_candidate, candidates(kind).size()))) {
+        io_uring_params p{};
+        // SUBMIT_ALL (5.18): keep submitting the batch past a failing SQE;
+        // each failure is reported in its own CQE.
+        p.flags = flags | IORING_SETUP_SUBMIT_ALL | IORING_SETUP_CQSIZE;
+        p.cq_entries = entries * cq_factor;
+        rc = io_uring_queue_init_params(entries, &r->_ring, &p);
+        if (rc == -EINVAL) {
+            // Maybe only SUBMIT_ALL is unknown (kernel < 5.18).
+            p = {};
+            p.flags = flags | IORING_SETUP_CQSIZE;
+            p.cq_entries = entries * cq_factor;
+            rc = io_uring_queue_init_params(entries, &r->_ring, &p);
+        }
+        if (rc == 0) {
+            if (!first) {
+                spdlog::info("{} ring: kernel refused {}, using {}", to_string(kind), flags_to_string(tried_before),
+                             flags_to_string(r->_ring.flags));
+            }
+            break;
+        }
+        if (rc != -EINVAL) {
+            return unexpected{errno_code(rc)};
+        }
+        tried_before = flags;
+        first = false;
+    }
+    if (rc != 0) {
+        return unexpected{errno_code(rc)};
+    }
+    // Registered ring fd (5.18): io_uring_enter skips the fget/fput of the
+    // ring's file on every call. Optional: without it each enter costs a few
+    // more nanoseconds.
+    r->_ring_fd_registered = io_uring_register_ring_fd(&r->_ring) == 1;
+    return r;
+}
+
+ring::~ring() { io_uring_queue_exit(&_ring); }
+
+std::string ring::describe_flags() const {
+    return flags_to_string(_ring.flags & ~(IORING_SETUP_CQSIZE | IORING_SETUP_SUBMIT_ALL));
+}
+
+io_uring_sqe* ring::get_sqe(unsigned need) {
+    if (io_uring_sq_space_left(&_ring) < need) {
+        submit();
+    }
+    // After a submit the whole SQ is free unless the kernel could not take
+    // it (-EBUSY with a full CQ): then loop reaping until there is room.
+    while (io_uring_sq_space_left(&_ring) < need) {
+        reap();
+        submit();
+    }
+    return io_uring_get_sqe(&_ring);
+}
+
+int ring::submit() {
+    if (_ring.flags & IORING_SETUP_DEFER_TASKRUN) {
+        return io_uring_submit_and_get_events(&_ring);
+    }
+    if (io_uring_sq_ready(&_ring) == 0 && !(_ring.flags & IORING_SETUP_IOPOLL)) {
+        return 0;
+    }
+    if (_ring.flags & IORING_SETUP_IOPOLL) {
+        // IOPOLL completions appear only while someone polls for them.
+        return io_uring_submit_and_get_events(&_ring);
+    }
+    return io_uring_submit(&_ring);
+}
+
+int ring::submit_and_wait() { return io_uring_submit_and_wait(&_ring, 1); }
+
+unsigned ring::reap() {
+    unsigned count = 0;
+    io_uring_cqe* cqe = nullptr;
+    // One CQE at a time, marked seen before its callback runs: a callback may
+    // queue SQEs and, on a full SQ, come back into reap() through get_sqe().
+    while (io_uring_peek_cqe(&_ring, &cqe) == 0) {
+        auto* c = static_cast<completion*>(io_uring_cqe_get_data(cqe));
+        const int res = cqe->res;
+        const std::uint32_t flags = cqe->flags;
+        io_uring_cqe_seen(&_ring, cqe);
+        if (!(flags & IORING_CQE_F_MORE)) {
+            --_in_flight;
+        }
+        ++count;
+        if (c != nullptr) {
+            c->fn(c, res, flags);
+        }
+    }
+    return count;
+}
+
+}  // namespace shardd::internal

@@ -1,0 +1,92 @@
+#pragma once
+// One io_uring instance, set up with the best flags the kernel accepts.
+//
+// This header and ring.cc are where liburing lives; the rest of the reactor
+// asks a ring for SQEs and hands CQEs to `completion`s. An epoll backend would
+// replace this seam, not the executor or the network API.
+
+#include "reactor/completion.hh"
+#include "reactor/expected.hh"
+
+#include <atomic>
+#include <liburing.h>
+#include <memory>
+#include <string>
+
+namespace shardd::internal {
+
+enum class ring_kind {
+    main,     // ordinary operations: send, close, timeouts, connect, recv
+    latency,  // accept, latency-class recv and timers, the eventfd read, the preemption timer
+    poll,     // IORING_SETUP_IOPOLL: O_DIRECT file I/O on pollable devices
+};
+
+const char* to_string(ring_kind kind);
+
+class ring {
+public:
+    // Tries the flag sets for `kind` in order (see ring.cc) and keeps the
+    // first the kernel accepts. EINVAL moves on to the next set; any other
+    // error (ENOMEM, EPERM when io_uring is disabled) is returned.
+    // `first_candidate` skips the best sets (tests use it to exercise the
+    // fallbacks on a kernel that supports everything).
+    static expected<std::unique_ptr<ring>> create(ring_kind kind, unsigned entries, unsigned first_candidate = 0);
+    // How many flag sets create() can try for `kind`.
+    static unsigned candidate_count(ring_kind kind);
+    ~ring();
+    ring(const ring&) = delete;
+    ring& operator=(const ring&) = delete;
+
+    ring_kind kind() const noexcept { return _kind; }
+    int fd() const noexcept { return _ring.ring_fd; }
+    io_uring& raw() noexcept { return _ring; }
+    unsigned setup_flags() const noexcept { return _ring.flags; }
+    // "SINGLE_ISSUER|DEFER_TASKRUN", "COOP_TASKRUN|TASKRUN_FLAG", "IOPOLL", "none".
+    std::string describe_flags() const;
+    bool ring_fd_registered() const noexcept { return _ring_fd_registered; }
+
+    // An SQE, submitting first when the queue is full. `need` > 1 asks for
+    // that many consecutive free slots (an operation and its linked timeout
+    // must not be split by a submit).
+    io_uring_sqe* get_sqe(unsigned need = 1);
+    // Prepares the user_data and counts the operation as in flight.
+    void track(io_uring_sqe* sqe, completion* c) noexcept {
+        io_uring_sqe_set_data(sqe, c);
+        ++_in_flight;
+    }
+    unsigned pending_submissions() const noexcept { return io_uring_sq_ready(&_ring); }
+    // Operations submitted (or queued) whose final CQE has not been reaped.
+    std::size_t in_flight() const noexcept { return _in_flight; }
+
+    // Submits what is queued. With DEFER_TASKRUN this also runs the deferred
+    // completions, so that reap() sees them. Returns -errno on failure.
+    int submit();
+    // Submits and blocks until at least one CQE is ready.
+    int submit_and_wait();
+
+    // Hands every ready CQE to its completion; returns how many.
+    unsigned reap();
+
+    // True when a CQE is ready, or (COOP_TASKRUN|TASKRUN_FLAG rings) when the
+    // kernel has completions waiting to be run. Two loads, no syscall: this is
+    // need_preempt().
+    bool has_work() const noexcept {
+        const unsigned head = *_ring.cq.khead;
+        const unsigned tail = io_uring_smp_load_acquire(_ring.cq.ktail);
+        if (head != tail) {
+            return true;
+        }
+        return (_ring.flags & IORING_SETUP_TASKRUN_FLAG) &&
+               (io_uring_smp_load_acquire(_ring.sq.kflags) & IORING_SQ_TASKRUN);
+    }
+
+private:
+    explicit ring(ring_kind kind) : _kind(kind) {}
+
+    ring_kind _kind;
+    io_uring _ring{};
+    bool _ring_fd_registered = false;
+    std::size_t _in_flight = 0;
+};
+
+}  // namespace shardd::internal

@@ -1,0 +1,58 @@
+#include "reactor/io.hh"
+
+namespace shardd {
+
+namespace internal {
+
+__kernel_timespec to_kernel_timespec(nanoseconds d) noexcept {
+    __kernel_timespec ts{};
+    ts.tv_sec = d.count() / 1'000'000'000;
+    ts.tv_nsec = d.count() % 1'000'000'000;
+    return ts;
+}
+
+void op_state::finish_one() noexcept {
+    if (--outstanding == 0 && waiter) {
+        exec->schedule(std::exchange(waiter, {}), queue);
+    }
+}
+
+void op_state::on_cqe(completion* c, int res, std::uint32_t flags) noexcept {
+    auto* op = static_cast<op_state*>(c);
+    op->result = res;
+    op->cqe_flags = flags;
+    op->finish_one();
+}
+
+void op_state::on_timeout_cqe(completion* c, int res, std::uint32_t) noexcept {
+    auto* op = static_cast<timeout_part*>(c)->owner;
+    op->timeout_result = res;
+    op->finish_one();
+}
+
+}  // namespace internal
+
+void sleep_op::await_suspend(std::coroutine_handle<> h) {
+    executor* ex = executor::current();
+    _state.exec = ex;
+    _state.waiter = h;
+    _state.queue = ex->current_queue();
+    _state.on = &ex->ring_for_current();
+    _state.fn = &internal::op_state::on_cqe;
+    _state.ts = internal::to_kernel_timespec(_d);
+    io_uring_sqe* sqe = _state.on->get_sqe();
+    io_uring_prep_timeout(sqe, &_state.ts, 0, _absolute ? IORING_TIMEOUT_ABS : 0);
+    _state.on->track(sqe, &_state);
+    _state.outstanding = 1;
+}
+
+void sleep_op::cancel() {
+    if (_state.outstanding == 0 || _state.on == nullptr) {
+        return;
+    }
+    io_uring_sqe* sqe = _state.on->get_sqe();
+    io_uring_prep_timeout_remove(sqe, reinterpret_cast<std::uint64_t>(static_cast<completion*>(&_state)), 0);
+    _state.on->track(sqe, nullptr);
+}
+
+}  // namespace shardd
