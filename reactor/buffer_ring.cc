@@ -1,0 +1,69 @@
+#include "reactor/buffer_ring.hh"
+
+#include <cerrno>
+#include <sys/mman.h>
+
+namespace shardd {
+
+namespace {
+constexpr unsigned max_buffer_ring_entries = 32768;
+}
+
+expected<std::unique_ptr<buffer_ring>> buffer_ring::create(internal::ring& on, std::uint16_t group, unsigned count,
+                                                           std::size_t size) {
+    if (count == 0 || count > max_buffer_ring_entries || (count & (count - 1)) != 0 || size == 0 || size > UINT32_MAX) {
+        return unexpected{std::make_error_code(std::errc::invalid_argument)};
+    }
+    std::unique_ptr<buffer_ring> br(new buffer_ring(on, group, count, size));
+    // The ring of descriptors must be page aligned: mmap gives that.
+    br->_ring_bytes = count * sizeof(io_uring_buf);
+    void* ring_mem = mmap(nullptr, br->_ring_bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (ring_mem == MAP_FAILED) {
+        return unexpected{errno_code(errno)};
+    }
+    br->_br = static_cast<io_uring_buf_ring*>(ring_mem);
+    br->_buffer_bytes = count * size;
+    void* buf_mem = mmap(nullptr, br->_buffer_bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (buf_mem == MAP_FAILED) {
+        return unexpected{errno_code(errno)};
+    }
+    br->_buffers = static_cast<std::byte*>(buf_mem);
+
+    io_uring_buf_reg reg{};
+    reg.ring_addr = reinterpret_cast<std::uint64_t>(br->_br);
+    reg.ring_entries = count;
+    reg.bgid = group;
+    if (int rc = io_uring_register_buf_ring(&on.raw(), &reg, 0); rc < 0) {
+        return unexpected{errno_code(rc)};
+    }
+    br->_registered = true;
+    io_uring_buf_ring_init(br->_br);
+    const int mask = io_uring_buf_ring_mask(count);
+    for (unsigned i = 0; i < count; ++i) {
+        io_uring_buf_ring_add(br->_br, br->_buffers + i * size, static_cast<unsigned>(size),
+                              static_cast<unsigned short>(i), mask, static_cast<int>(i));
+    }
+    io_uring_buf_ring_advance(br->_br, static_cast<int>(count));
+    return br;
+}
+
+buffer_ring::~buffer_ring() {
+    if (_registered) {
+        io_uring_unregister_buf_ring(&_on.raw(), _group);
+    }
+    if (_buffers) {
+        munmap(_buffers, _buffer_bytes);
+    }
+    if (_br) {
+        munmap(_br, _ring_bytes);
+    }
+}
+
+void buffer_ring::release(std::uint16_t bid) noexcept {
+    io_uring_buf_ring_add(_br, _buffers + static_cast<std::size_t>(bid) * _size, static_cast<unsigned>(_size), bid,
+                          io_uring_buf_ring_mask(_count), 0);
+    io_uring_buf_ring_advance(_br, 1);
+    --_in_use;
+}
+
+}  // namespace shardd

@@ -1,0 +1,256 @@
+#include "reactor/net.hh"
+
+#include <cerrno>
+#include <netinet/tcp.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+namespace shardd {
+
+namespace {
+
+std::error_code set_int_option(int fd, int level, int name, int value) {
+    if (setsockopt(fd, level, name, &value, sizeof(value)) != 0) {
+        return errno_code(errno);
+    }
+    return {};
+}
+
+}  // namespace
+
+expected<int> listen_socket(const socket_address& addr, const listen_options& opts) {
+    const int fd = ::socket(addr.family(), SOCK_STREAM | SOCK_CLOEXEC, IPPROTO_TCP);
+    if (fd < 0) {
+        return unexpected{errno_code(errno)};
+    }
+    auto fail = [fd](std::error_code ec) {
+        ::close(fd);
+        return unexpected{ec};
+    };
+    if (auto ec = set_int_option(fd, SOL_SOCKET, SO_REUSEADDR, 1)) {
+        return fail(ec);
+    }
+    if (opts.reuse_port) {
+        if (auto ec = set_int_option(fd, SOL_SOCKET, SO_REUSEPORT, 1)) {
+            return fail(ec);
+        }
+    }
+    if (addr.family() == AF_INET6) {
+        if (auto ec = set_int_option(fd, IPPROTO_IPV6, IPV6_V6ONLY, opts.v6_only ? 1 : 0)) {
+            return fail(ec);
+        }
+    }
+    if (::bind(fd, addr.get(), addr.length()) != 0) {
+        return fail(errno_code(errno));
+    }
+    if (::listen(fd, opts.backlog) != 0) {
+        return fail(errno_code(errno));
+    }
+    return fd;
+}
+
+expected<int> tcp_socket(int family) {
+    const int fd = ::socket(family, SOCK_STREAM | SOCK_CLOEXEC, IPPROTO_TCP);
+    if (fd < 0) {
+        return unexpected{errno_code(errno)};
+    }
+    return fd;
+}
+
+expected<socket_address> local_address(int fd) {
+    sockaddr_storage ss{};
+    socklen_t len = sizeof(ss);
+    if (getsockname(fd, reinterpret_cast<sockaddr*>(&ss), &len) != 0) {
+        return unexpected{errno_code(errno)};
+    }
+    return socket_address(reinterpret_cast<sockaddr*>(&ss), len);
+}
+
+std::error_code set_nodelay(int fd, bool on) { return set_int_option(fd, IPPROTO_TCP, TCP_NODELAY, on ? 1 : 0); }
+
+namespace internal {
+
+void multishot_state::arm() {
+    io_uring_sqe* sqe = on->get_sqe();
+    if (what == op::accept) {
+        io_uring_prep_multishot_accept(sqe, fd, nullptr, nullptr, SOCK_CLOEXEC);
+    } else {
+        io_uring_prep_recv_multishot(sqe, fd, nullptr, 0, 0);
+        sqe->flags |= IOSQE_BUFFER_SELECT;
+        sqe->buf_group = buffers->group();
+    }
+    fn = &on_cqe;
+    on->track(sqe, this);
+    armed = true;
+}
+
+void multishot_state::cancel() {
+    if (cancelled) {
+        return;
+    }
+    cancelled = true;
+    if (armed) {
+        io_uring_sqe* sqe = on->get_sqe();
+        io_uring_prep_cancel64(sqe, reinterpret_cast<std::uint64_t>(static_cast<completion*>(this)), 0);
+        on->track(sqe, nullptr);
+    }
+    if (waiter && !armed) {
+        exec->schedule(std::exchange(waiter, {}), queue);
+    }
+}
+
+void multishot_state::release_ready() {
+    for (auto [res, flags] : ready) {
+        if (what == op::recv && res > 0 && (flags & IORING_CQE_F_BUFFER)) {
+            buffers->release(static_cast<std::uint16_t>(flags >> IORING_CQE_BUFFER_SHIFT));
+        } else if (what == op::accept && res >= 0) {
+            ::close(res);
+        }
+    }
+    ready.clear();
+}
+
+void multishot_state::on_cqe(completion* c, int res, std::uint32_t flags) noexcept {
+    auto* s = static_cast<multishot_state*>(c);
+    if (!(flags & IORING_CQE_F_MORE)) {
+        s->armed = false;
+    }
+    if (s->what == op::recv && res > 0 && (flags & IORING_CQE_F_BUFFER)) {
+        s->buffers->taken();
+    }
+    if (s->what == op::recv && res == -ENOBUFS) {
+        s->buffers->count_exhausted();
+    }
+    s->ready.emplace_back(res, flags);
+    if (s->orphaned) {
+        s->release_ready();
+        if (!s->armed) {
+            delete s;
+        }
+        return;
+    }
+    if (s->waiter) {
+        s->exec->schedule(std::exchange(s->waiter, {}), s->queue);
+    }
+}
+
+void retire(multishot_state* s) noexcept {
+    s->release_ready();
+    if (s->armed) {
+        s->cancel();
+        s->orphaned = true;  // frees itself on the final CQE
+        s->waiter = {};
+    } else {
+        delete s;
+    }
+}
+
+namespace {
+
+// Shared by both streams: ready when something is queued or nothing more can
+// come; otherwise (re-)arm and wait.
+bool stream_ready(multishot_state* s) {
+    if (!s->ready.empty()) {
+        return true;
+    }
+    if (s->cancelled) {
+        return !s->armed;
+    }
+    if (!s->armed) {
+        s->arm();
+    }
+    return false;
+}
+
+void stream_suspend(multishot_state* s, std::coroutine_handle<> h) {
+    s->exec = executor::current();
+    s->waiter = h;
+    s->queue = s->exec->current_queue();
+}
+
+}  // namespace
+
+}  // namespace internal
+
+accept_stream::accept_stream(int listen_fd) : _s(new internal::multishot_state) {
+    _s->what = internal::multishot_state::op::accept;
+    _s->exec = executor::current();
+    _s->on = &_s->exec->latency_ring();
+    _s->fd = listen_fd;
+}
+
+accept_stream::~accept_stream() { internal::retire(_s); }
+
+bool accept_stream::next_op::await_ready() { return internal::stream_ready(s); }
+void accept_stream::next_op::await_suspend(std::coroutine_handle<> h) { internal::stream_suspend(s, h); }
+expected<int> accept_stream::next_op::await_resume() {
+    if (s->ready.empty()) {
+        return unexpected{std::make_error_code(std::errc::operation_canceled)};
+    }
+    auto [res, flags] = s->ready.front();
+    s->ready.pop_front();
+    if (res < 0) {
+        return unexpected{errno_code(res)};
+    }
+    return res;
+}
+
+recv_stream::recv_stream(int fd, buffer_ring& buffers) : _s(new internal::multishot_state) {
+    _s->what = internal::multishot_state::op::recv;
+    _s->exec = executor::current();
+    _s->on = &buffers.ring();
+    _s->buffers = &buffers;
+    _s->fd = fd;
+}
+
+recv_stream::~recv_stream() { internal::retire(_s); }
+
+bool recv_stream::next_op::await_ready() { return internal::stream_ready(s); }
+void recv_stream::next_op::await_suspend(std::coroutine_handle<> h) { internal::stream_suspend(s, h); }
+expected<received> recv_stream::next_op::await_resume() {
+    if (s->ready.empty()) {
+        return unexpected{std::make_error_code(std::errc::operation_canceled)};
+    }
+    auto [res, flags] = s->ready.front();
+    s->ready.pop_front();
+    if (res < 0) {
+        return unexpected{errno_code(res)};
+    }
+    if (res == 0) {
+        return received{};
+    }
+    const auto bid = static_cast<std::uint16_t>(flags >> IORING_CQE_BUFFER_SHIFT);
+    return received{s->buffers->data(bid, static_cast<std::size_t>(res)), bid};
+}
+
+task<expected<std::size_t>> send_all(int fd, std::span<const std::byte> data) {
+    std::size_t sent = 0;
+    while (sent < data.size()) {
+        const auto chunk = static_cast<std::uint32_t>(std::min<std::size_t>(data.size() - sent, UINT32_MAX));
+        auto n = co_await send_some(fd, data.data() + sent, chunk);
+        if (!n) {
+            co_return unexpected{n.error()};
+        }
+        sent += *n;
+    }
+    co_return sent;
+}
+
+task<std::error_code> connect(int fd, socket_address addr) {
+    auto r = co_await io_op(&executor::current()->main_ring(), [fd, &addr](io_uring_sqe* sqe) {
+        io_uring_prep_connect(sqe, fd, addr.get(), addr.length());
+    });
+    co_return r ? std::error_code{} : r.error();
+}
+
+task<std::error_code> close_socket(int fd) {
+    executor* ex = executor::current();
+    for (internal::ring* r : {&ex->latency_ring(), &ex->main_ring()}) {
+        // -ENOENT (nothing pending) is the common, fine answer.
+        co_await io_op(r, [fd](io_uring_sqe* sqe) { io_uring_prep_cancel_fd(sqe, fd, IORING_ASYNC_CANCEL_ALL); });
+    }
+    auto r = co_await io_op(&ex->main_ring(), [fd](io_uring_sqe* sqe) { io_uring_prep_close(sqe, fd); });
+    co_return r ? std::error_code{} : r.error();
+}
+
+}  // namespace shardd
