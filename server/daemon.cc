@@ -4,82 +4,49 @@
 #include "server/logging.hh"
 #include "server/sd_notify.hh"
 
+#include "reactor/executor_pool.hh"
+#include "reactor/io.hh"
+
 #include <cerrno>
 #include <csignal>
 #include <cstring>
-#include <future>
+#include <latch>
 #include <pthread.h>
 #include <spdlog/spdlog.h>
-#include <sys/eventfd.h>
 #include <sys/signalfd.h>
-#include <thread>
 #include <unistd.h>
 
 namespace shardd::server {
 
 namespace {
 
-// Placeholder shard until the reactor lands: a pinned, named thread that
-// waits on its eventfd for the stop word. It already follows the reactor's
-// start-up order (pin first, then allocate) and its wake-up path (eventfd).
-class shard {
-public:
-    shard(unsigned id, unsigned cpu) : _id(id), _cpu(cpu) {}
-    shard(const shard&) = delete;
-    shard& operator=(const shard&) = delete;
-    ~shard() { stop(); }
+// A shard's main task until the services of later issues run here: log what
+// the kernel gave this shard, say it is up, then wait for the pool to stop
+// it. READY=1 goes to systemd only once every shard has said so.
+task<void> shard_main(unsigned id, std::latch& up) {
+    set_thread_label("shard " + std::to_string(id));
+    executor* ex = executor::current();
+    spdlog::info("started on CPU {}; rings: main {}, latency {}, poll {}", sched_getcpu(),
+                 ex->main_ring().describe_flags(), ex->latency_ring().describe_flags(),
+                 ex->poll_ring().describe_flags());
+    // Parked until stop: the pool's request_stop() ends the run loop and
+    // this frame is destroyed with the executor, on this thread.
+    struct on_stop {
+        ~on_stop() { spdlog::info("stopped"); }
+    } log_stop;
+    up.count_down();
+    co_await sleep_for(std::chrono::hours(24 * 365));
+}
 
-    // Starts the thread; the future says whether it got going on its CPU.
-    std::future<std::error_code> start() {
-        _stop_fd = eventfd(0, EFD_CLOEXEC);
-        std::promise<std::error_code> started;
-        auto result = started.get_future();
-        if (_stop_fd < 0) {
-            started.set_value({errno, std::system_category()});
-            return result;
-        }
-        _thread = std::thread([this, started = std::move(started)]() mutable { run(std::move(started)); });
-        return result;
-    }
-
-    void stop() {
-        if (_thread.joinable()) {
-            const std::uint64_t one = 1;
-            // A full eventfd counter (never here) is the only failure mode;
-            // the thread reads any non-zero value as "stop".
-            [[maybe_unused]] auto n = write(_stop_fd, &one, sizeof(one));
-            _thread.join();
-        }
-        if (_stop_fd >= 0) {
-            close(_stop_fd);
-            _stop_fd = -1;
-        }
-    }
-
-private:
-    void run(std::promise<std::error_code> started) {
-        // Pin before anything else allocates, so this shard's memory is
-        // first touched on its own NUMA node.
-        if (auto ec = pin_current_thread(_cpu)) {
-            started.set_value(ec);
-            return;
-        }
-        const std::string thread_name = "shardd/" + std::to_string(_id);
-        pthread_setname_np(pthread_self(), thread_name.c_str());
-        set_thread_label("shard " + std::to_string(_id));
-        spdlog::info("started on CPU {}", _cpu);
-        started.set_value({});
-        std::uint64_t value = 0;
-        while (read(_stop_fd, &value, sizeof(value)) < 0 && errno == EINTR) {
-        }
-        spdlog::info("stopped");
-    }
-
-    unsigned _id;
-    unsigned _cpu;
-    int _stop_fd = -1;
-    std::thread _thread;
-};
+executor_builder builder_from(const config::runtime_config& rt) {
+    return executor_builder()
+        .name("shardd")
+        .io_memory(rt.io_memory)
+        .ring_entries(rt.ring_entries)
+        .spin_before_park(rt.spin_before_park)
+        .preempt_timer(rt.preempt_timer)
+        .stall_threshold(rt.stall_threshold);
+}
 
 void log_settings(const config::config& cfg, const cpu_set& cpus, const std::string& path) {
     spdlog::info("shardd {} starting: config {}, {} shard{} on CPU{} {}", SHARDD_VERSION, path, cpus.size(),
@@ -173,27 +140,17 @@ int run_daemon(config::config cfg, const cpu_set& cpus, const daemon_options& op
         return exit_failure;
     }
 
-    std::vector<std::unique_ptr<shard>> shards;
-    std::vector<std::future<std::error_code>> started;
-    unsigned id = 0;
-    for (unsigned cpu : cpus.cpus()) {
-        shards.push_back(std::make_unique<shard>(id++, cpu));
-        started.push_back(shards.back()->start());
-    }
-    bool failed = false;
-    for (std::size_t i = 0; i < started.size(); ++i) {
-        if (auto ec = started[i].get()) {
-            spdlog::critical("shard {} failed to start on CPU {}: {}", i, cpus.cpus()[i], ec.message());
-            failed = true;
-        }
-    }
-    if (failed) {
-        shards.clear();
+    std::latch shards_up(static_cast<std::ptrdiff_t>(cpus.size()));
+    auto pool = executor_pool::start(cpus, builder_from(cfg.runtime),
+                                     [&shards_up](unsigned id) { return shard_main(id, shards_up); });
+    if (!pool) {
+        spdlog::critical("cannot start the shards: {}", pool.error());
         close(sfd);
         return exit_failure;
     }
-    spdlog::info("ready: {} shard{} running", shards.size(), shards.size() == 1 ? "" : "s");
-    sd_notify("READY=1\nSTATUS=serving on " + std::to_string(shards.size()) +
+    shards_up.wait();
+    spdlog::info("ready: {} shard{} running", (*pool)->size(), (*pool)->size() == 1 ? "" : "s");
+    sd_notify("READY=1\nSTATUS=serving on " + std::to_string((*pool)->size()) +
               " shards\nMAINPID=" + std::to_string(getpid()));
 
     int status = exit_ok;
@@ -223,7 +180,7 @@ int run_daemon(config::config cfg, const cpu_set& cpus, const daemon_options& op
         }
     }
     sd_notify("STOPPING=1");
-    shards.clear();
+    (*pool)->stop();
     close(sfd);
     spdlog::info("stopped");
     return status;

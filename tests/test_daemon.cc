@@ -78,13 +78,24 @@ TEST_CASE("one pinned, named thread per CPU; READY, then SIGTERM exits 0", "[dae
         CHECK(threads[name] == std::to_string(allowed->cpus()[i]));
     }
 
+    // Each shard owns three io_uring instances (main, latency, poll) and an
+    // eventfd.
+    std::map<std::string, int> fds;
+    for (const auto& e : std::filesystem::directory_iterator("/proc/" + std::to_string(d.pid()) + "/fd")) {
+        std::error_code ec;
+        ++fds[std::filesystem::read_symlink(e.path(), ec).string()];
+    }
+    CHECK(fds["anon_inode:[io_uring]"] == static_cast<int>(3 * allowed->size()));
+    CHECK(fds["anon_inode:[eventfd]"] >= static_cast<int>(allowed->size()));
+
     d.signal(SIGTERM);
     CHECK(notify.wait_for("STOPPING=1").has_value());
     auto r = d.wait();
     REQUIRE(r.has_value());
     CHECK(r->exit_code == 0);
     CHECK_THAT(r->err, Catch::Contains("[main] ready: "));
-    CHECK_THAT(r->err, Catch::Contains("[shard 0] started on CPU " + std::to_string(allowed->cpus()[0])));
+    CHECK_THAT(r->err,
+               Catch::Contains("[shard 0] started on CPU " + std::to_string(allowed->cpus()[0]) + "; rings: main "));
     CHECK_THAT(r->err, Catch::Contains("[shard 0] stopped"));
     CHECK_THAT(r->err, Catch::Contains("[main] SIGTERM received: stopping"));
     // Every line names its thread.
