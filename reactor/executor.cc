@@ -1,6 +1,9 @@
 #include "reactor/executor.hh"
 
+#include "reactor/probe.hh"
+
 #include <cerrno>
+#include <cstring>
 #include <ctime>
 #include <poll.h>
 #include <spdlog/spdlog.h>
@@ -37,17 +40,17 @@ executor* executor::current() noexcept { return t_current; }
 
 executor::executor(const executor_config& cfg) : _cfg(cfg) {}
 
-expected<std::unique_ptr<executor>> executor::create(const executor_config& cfg) {
+expected<std::unique_ptr<executor>, start_error> executor::create(const executor_config& cfg) {
     if (t_current != nullptr) {
-        return unexpected{std::make_error_code(std::errc::device_or_resource_busy)};
+        return unexpected{start_error{std::make_error_code(std::errc::device_or_resource_busy),
+                                      "this thread already runs an executor"}};
     }
     std::unique_ptr<executor> ex(new executor(cfg));
     for (auto kind : {internal::ring_kind::main, internal::ring_kind::latency, internal::ring_kind::poll}) {
         auto r = internal::ring::create(kind, cfg.ring_entries);
         if (!r) {
-            spdlog::error("{}: cannot create the {} ring: {}", cfg.name, internal::to_string(kind),
-                          r.error().message());
-            return unexpected{r.error()};
+            return unexpected{start_error{r.error(), std::string("cannot create the ") + internal::to_string(kind) +
+                                                         " io_uring ring: " + r.error().message()}};
         }
         switch (kind) {
         case internal::ring_kind::main: ex->_main = std::move(*r); break;
@@ -55,11 +58,21 @@ expected<std::unique_ptr<executor>> executor::create(const executor_config& cfg)
         case internal::ring_kind::poll: ex->_poll = std::move(*r); break;
         }
     }
+    // Every opcode the runtime uses, asked of the kernel rather than inferred
+    // from its version: distribution kernels backport, and seccomp or
+    // io_uring_disabled can take opcodes away.
+    auto probe = probe_opcodes(ex->_main->raw(), required_opcodes());
+    if (!probe) {
+        return unexpected{start_error{probe.error(), "cannot probe io_uring opcodes: " + probe.error().message()}};
+    }
+    if (!probe->ok()) {
+        return unexpected{start_error{std::make_error_code(std::errc::function_not_supported), probe->message()}};
+    }
     // Blocking on purpose: io_uring returns -EAGAIN for a read on an
     // O_NONBLOCK file instead of waiting for it to become readable.
     ex->_event_fd = eventfd(0, EFD_CLOEXEC);
     if (ex->_event_fd < 0) {
-        return unexpected{errno_code(errno)};
+        return unexpected{start_error{errno_code(errno), std::string("eventfd: ") + std::strerror(errno)}};
     }
     spdlog::debug("{}: rings main {} (fd {}), latency {} (fd {}), poll {} (fd {}); eventfd {}", cfg.name,
                   ex->_main->describe_flags(), ex->_main->fd(), ex->_latency->describe_flags(), ex->_latency->fd(),
@@ -261,6 +274,7 @@ bool executor::run_one_slice() {
         _min_vruntime = std::max(_min_vruntime, min_v);
     }
     if (_cfg.stall_threshold.count() > 0 && elapsed > static_cast<std::uint64_t>(_cfg.stall_threshold.count())) {
+        ++_stalls;
         spdlog::warn("{}: task queue {} held the CPU for {}us in one slice ({} task resumption{}; threshold {}us)",
                      _cfg.name, q->stats.name, elapsed / 1000, ran, ran == 1 ? "" : "s",
                      _cfg.stall_threshold.count() / 1000);

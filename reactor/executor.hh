@@ -53,9 +53,18 @@ public:
 template <typename T>
 class join_handle;
 
+// Why an executor could not start: the errno, and a sentence for the log
+// ("io_uring lacks IORING_OP_SEND_ZC (Linux 6.0+); this kernel is 5.15").
+struct start_error {
+    std::error_code code;
+    std::string message;
+};
+
 class executor {
 public:
-    static expected<std::unique_ptr<executor>> create(const executor_config& cfg);
+    // Creates the rings, probes the opcodes the runtime needs, and arms the
+    // eventfd. Call on the thread that will run it.
+    static expected<std::unique_ptr<executor>, start_error> create(const executor_config& cfg);
     ~executor();
     executor(const executor&) = delete;
     executor& operator=(const executor&) = delete;
@@ -121,6 +130,12 @@ public:
     std::uint64_t parks() const noexcept { return _parks; }
     std::uint64_t wakeups_by_eventfd() const noexcept { return _eventfd_wakeups; }
     std::uint64_t loop_iterations() const noexcept { return _iterations; }
+    // Slices longer than stall_threshold (each one logged).
+    std::uint64_t stalls() const noexcept { return _stalls; }
+    // O_DIRECT operations the poll ring refused (EOPNOTSUPP: the device does
+    // not poll) and the main ring served instead.
+    std::uint64_t poll_fallbacks() const noexcept { return _poll_fallbacks; }
+    void count_poll_fallback() noexcept { ++_poll_fallbacks; }
 
     // Root tasks still alive (spawned and not finished).
     std::size_t live_tasks() const noexcept { return _roots.size(); }
@@ -174,6 +189,8 @@ private:
     std::uint64_t _parks = 0;
     std::uint64_t _eventfd_wakeups = 0;
     std::uint64_t _iterations = 0;
+    std::uint64_t _stalls = 0;
+    std::uint64_t _poll_fallbacks = 0;
 };
 
 }  // namespace shardd

@@ -42,8 +42,8 @@ executor_pool::start(const cpu_set& cpus, const executor_builder& tmpl, shard_ma
             cfg.name = "shard " + std::to_string(i);
             auto ex = executor::create(cfg);
             if (!ex) {
-                ready[i].set_value(unexpected{"shard " + std::to_string(i) + " on CPU " + std::to_string(cpu) +
-                                              ": cannot create its executor: " + ex.error().message()});
+                ready[i].set_value(unexpected{"shard " + std::to_string(i) + " on CPU " + std::to_string(cpu) + ": " +
+                                              ex.error().message});
                 return;
             }
             p->_mesh->attach(static_cast<unsigned>(i), **ex);

@@ -32,6 +32,29 @@ void op_state::on_timeout_cqe(completion* c, int res, std::uint32_t) noexcept {
 
 }  // namespace internal
 
+namespace {
+
+template <typename Prep>
+task<expected<std::uint32_t>> dma(Prep prep) {
+    executor* ex = executor::current();
+    auto r = co_await io_op(&ex->poll_ring(), prep);
+    if (!r && r.error() == std::errc::operation_not_supported) {
+        ex->count_poll_fallback();
+        r = co_await io_op(&ex->main_ring(), prep);
+    }
+    co_return r;
+}
+
+}  // namespace
+
+task<expected<std::uint32_t>> read_dma(int fd, void* buf, std::uint32_t len, std::uint64_t offset) {
+    return dma([=](io_uring_sqe* sqe) { io_uring_prep_read(sqe, fd, buf, len, offset); });
+}
+
+task<expected<std::uint32_t>> write_dma(int fd, const void* buf, std::uint32_t len, std::uint64_t offset) {
+    return dma([=](io_uring_sqe* sqe) { io_uring_prep_write(sqe, fd, buf, len, offset); });
+}
+
 void sleep_op::await_suspend(std::coroutine_handle<> h) {
     executor* ex = executor::current();
     _state.exec = ex;

@@ -119,6 +119,15 @@ inline auto write(int fd, const void* buf, std::uint32_t len, std::uint64_t offs
                  [=](io_uring_sqe* sqe) { io_uring_prep_write(sqe, fd, buf, len, offset); });
 }
 
+// O_DIRECT file I/O. Goes to the poll ring (IORING_SETUP_IOPOLL: completions
+// reaped by polling the device, no interrupt), and to the main ring when the
+// device cannot poll (EOPNOTSUPP: no poll queues, or a filesystem that does
+// not support it), counted in executor::poll_fallbacks(). `buf`, `len` and
+// `offset` must meet O_DIRECT's alignment (the logical block size; 4096 is
+// always safe).
+task<expected<std::uint32_t>> read_dma(int fd, void* buf, std::uint32_t len, std::uint64_t offset);
+task<expected<std::uint32_t>> write_dma(int fd, const void* buf, std::uint32_t len, std::uint64_t offset);
+
 // Waits until `fd` reports one of `events` (POLLIN, ...); returns the mask.
 inline auto poll_fd(int fd, unsigned events) {
     return io_op(&executor::current()->ring_for_current(),

@@ -50,7 +50,8 @@ TEST_CASE("a second executor on one thread is refused", "[executor]") {
     auto ex = make_executor();
     auto again = executor::create({});
     REQUIRE_FALSE(again.has_value());
-    CHECK(again.error() == std::errc::device_or_resource_busy);
+    CHECK(again.error().code == std::errc::device_or_resource_busy);
+    CHECK(again.error().message == "this thread already runs an executor");
 }
 
 TEST_CASE("spawned tasks run and join with their results", "[executor]") {
@@ -170,4 +171,34 @@ TEST_CASE("an executor stopped with tasks pending cancels their operations and f
     CHECK(destroyed == 200);
     close(fds[0]);
     close(fds[1]);
+}
+
+TEST_CASE("a task that holds the CPU past the stall threshold is counted and logged", "[executor][stall]") {
+    executor_config cfg;
+    cfg.stall_threshold = 20ms;
+    auto ex = make_executor(cfg);
+    ex->run([]() -> task<void> {
+        // 100ms without a suspension point: one slice, well past 20ms.
+        const auto until = std::chrono::steady_clock::now() + 100ms;
+        while (std::chrono::steady_clock::now() < until) {
+        }
+        co_return;
+    }());
+    CHECK(ex->stalls() == 1);
+}
+
+TEST_CASE("spin_before_park keeps the executor awake through short waits", "[executor]") {
+    executor_config cfg;
+    // Spinning for up to 10s: a 5ms sleep completes during the spin, so the
+    // executor never has to park.
+    cfg.spin_before_park = 10s;
+    {
+        auto ex = make_executor(cfg);
+        ex->run([]() -> task<void> { co_await sleep_for(5ms); }());
+        CHECK(ex->parks() == 0);
+    }
+    // Without spinning, the same wait parks.
+    auto ex = make_executor({});
+    ex->run([]() -> task<void> { co_await sleep_for(5ms); }());
+    CHECK(ex->parks() > 0);
 }
