@@ -149,10 +149,16 @@ void executor::request_stop() noexcept {
 }
 
 void executor::wake() noexcept {
-    // Pairs with the seq_cst store + fence in park(): either the sleeper sees
-    // the sender's work before it sleeps, or the sender sees _sleeping.
-    std::atomic_thread_fence(std::memory_order_seq_cst);
-    if (_sleeping.load(std::memory_order_relaxed) && _sleeping.exchange(false, std::memory_order_acq_rel)) {
+    // The lost-wake-up guard (Dekker). Sender: publish work, then an RMW on
+    // _sleeping. Sleeper (park): an RMW setting _sleeping, then look for
+    // work. Both RMWs are on one variable, so one reads the other's write:
+    // either the sleeper's exchange reads ours and, through acq_rel,
+    // happens-after the work we published (it sees the work and does not
+    // sleep), or our fetch_or reads its "true" and we write the eventfd.
+    // RMWs rather than fences because ThreadSanitizer cannot model fences,
+    // and the channel tests run under it.
+    if (_sleeping.fetch_or(0, std::memory_order_acq_rel) != 0 &&
+        _sleeping.exchange(0, std::memory_order_acq_rel) != 0) {
         const std::uint64_t one = 1;
         [[maybe_unused]] auto n = write(_event_fd, &one, sizeof(one));
     }
@@ -299,8 +305,7 @@ void executor::park() {
     arm_eventfd_read();
     arm_latency_poll();
     _latency->submit();
-    _sleeping.store(true, std::memory_order_seq_cst);
-    std::atomic_thread_fence(std::memory_order_seq_cst);
+    _sleeping.exchange(1, std::memory_order_acq_rel);  // see wake()
     bool work = stop_requested() || need_preempt() || _main->has_work() || _active_count > 0;
     for (work_source* s : _sources) {
         work = work || s->has_work();
@@ -309,7 +314,7 @@ void executor::park() {
         ++_parks;
         _main->submit_and_wait();
     }
-    _sleeping.store(false, std::memory_order_relaxed);
+    _sleeping.store(0, std::memory_order_relaxed);
 }
 
 void executor::run_until(const bool& done) {

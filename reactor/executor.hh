@@ -170,7 +170,7 @@ private:
     // The executor announces "about to sleep" here; a sender that sees it
     // writes the eventfd. Read by other cores: alone on its cache line so
     // their loads do not bounce the executor's hot fields.
-    alignas(64) std::atomic<bool> _sleeping{false};
+    alignas(64) std::atomic<unsigned> _sleeping{0};  // an RMW target: see wake()
     alignas(64) std::atomic<bool> _stop{false};
 
     // Internal completions.

@@ -8,8 +8,24 @@ namespace shardd {
 
 expected<std::unique_ptr<executor_pool>, std::string>
 executor_pool::start(const cpu_set& cpus, const executor_builder& tmpl, shard_main main) {
+    std::vector<std::optional<unsigned>> placement(cpus.cpus().begin(), cpus.cpus().end());
+    return start_impl(placement, tmpl, std::move(main), true);
+}
+
+expected<std::unique_ptr<executor_pool>, std::string> executor_builder::spawn(std::function<task<void>()> main) const {
+    return executor_pool::start_impl(
+        {_cpu}, *this, [main = std::move(main)](unsigned) { return main(); }, false);
+}
+
+expected<std::unique_ptr<executor_pool>, std::string>
+executor_pool::start_impl(const std::vector<std::optional<unsigned>>& placement, const executor_builder& tmpl,
+                          shard_main main, bool numbered_names) {
     std::unique_ptr<executor_pool> pool(new executor_pool());
-    const std::size_t n = cpus.size();
+    const std::size_t n = placement.size();
+    // Create spdlog's registry here, before the shards log concurrently. Its
+    // lazy initialisation is a thread-safe static, but inside the
+    // uninstrumented libspdlog, where ThreadSanitizer cannot see the guard.
+    spdlog::default_logger_raw();
     pool->_mesh = std::make_unique<shard_mesh>(n);
     pool->_executors.assign(n, nullptr);
     pool->_errors.resize(n);
@@ -27,23 +43,25 @@ executor_pool::start(const cpu_set& cpus, const executor_builder& tmpl, shard_ma
     std::shared_future<bool> go = go_promise.get_future().share();
 
     for (std::size_t i = 0; i < n; ++i) {
-        const unsigned cpu = cpus.cpus()[i];
+        const std::optional<unsigned> cpu = placement[i];
         pool->_threads.emplace_back([&, i, cpu, go, p = pool.get()] {
             // Pin first: rings, buffers and the stack we touch from here on
             // come from this CPU's NUMA node.
-            if (auto ec = pin_current_thread(cpu)) {
-                ready[i].set_value(unexpected{"shard " + std::to_string(i) + ": cannot pin to CPU " +
-                                              std::to_string(cpu) + ": " + ec.message()});
-                return;
+            if (cpu) {
+                if (auto ec = pin_current_thread(*cpu)) {
+                    ready[i].set_value(unexpected{"shard " + std::to_string(i) + ": cannot pin to CPU " +
+                                                  std::to_string(*cpu) + ": " + ec.message()});
+                    return;
+                }
             }
-            const std::string thread_name = (tmpl.config().name + "/" + std::to_string(i)).substr(0, 15);
+            const std::string thread_name =
+                (numbered_names ? tmpl.config().name + "/" + std::to_string(i) : tmpl.config().name).substr(0, 15);
             pthread_setname_np(pthread_self(), thread_name.c_str());
             executor_config cfg = tmpl.config();
             cfg.name = "shard " + std::to_string(i);
             auto ex = executor::create(cfg);
             if (!ex) {
-                ready[i].set_value(unexpected{"shard " + std::to_string(i) + " on CPU " + std::to_string(cpu) + ": " +
-                                              ex.error().message});
+                ready[i].set_value(unexpected{"shard " + std::to_string(i) + ": " + ex.error().message});
                 return;
             }
             p->_mesh->attach(static_cast<unsigned>(i), **ex);
@@ -66,6 +84,13 @@ executor_pool::start(const cpu_set& cpus, const executor_builder& tmpl, shard_ma
             // every shard has left its loop, then destroy ours, here on its
             // own thread as SINGLE_ISSUER requires.
             p->_all_stopped->arrive_and_wait();
+            // And nobody outside: request_stop() writes our eventfd under
+            // this lock, so unpublish before the executor closes it.
+            {
+                std::lock_guard g(p->_lock);
+                p->_executors[i] = nullptr;
+            }
+            ex->reset();
         });
     }
 
@@ -84,6 +109,8 @@ executor_pool::start(const cpu_set& cpus, const executor_builder& tmpl, shard_ma
             t.join();
         }
         pool->_threads.clear();
+        // Their executors are gone with them.
+        std::fill(pool->_executors.begin(), pool->_executors.end(), nullptr);
         return unexpected{failure};
     }
     return pool;
@@ -96,11 +123,11 @@ void executor_pool::stop() {
     for (auto& t : _threads) {
         t.join();
     }
-    std::fill(_executors.begin(), _executors.end(), nullptr);
     _threads.clear();
 }
 
 void executor_pool::request_stop() {
+    std::lock_guard g(_lock);
     for (executor* ex : _executors) {
         if (ex) {
             ex->request_stop();
@@ -118,8 +145,6 @@ void executor_pool::join() {
             t.join();
         }
     }
-    // Executors are gone with their threads.
-    std::fill(_executors.begin(), _executors.end(), nullptr);
     _threads.clear();
 }
 

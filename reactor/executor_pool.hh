@@ -14,6 +14,7 @@
 #include <barrier>
 #include <functional>
 #include <latch>
+#include <mutex>
 #include <optional>
 #include <thread>
 
@@ -52,6 +53,11 @@ public:
         return *this;
     }
 
+    // Starts one executor on a thread of its own, named name(), pinned to
+    // pin_to_cpu() if given (before it allocates anything), running `main`.
+    // The returned pool of one is stopped and joined like any other.
+    expected<std::unique_ptr<class executor_pool>, std::string> spawn(std::function<task<void>()> main) const;
+
     const executor_config& config() const noexcept { return _cfg; }
     std::optional<unsigned> cpu() const noexcept { return _cpu; }
     std::size_t io_memory_bytes() const noexcept { return _io_memory; }
@@ -85,16 +91,21 @@ public:
     // Stops every shard now and joins their threads; pending tasks are
     // cancelled and destroyed.
     void stop();
-    // The executor of shard i: only for request_stop()/wake() from outside.
-    executor& shard(unsigned i) { return *_executors[i]; }
     // Errors (exceptions) from shard main tasks, "shard N: what" each.
     const std::vector<std::string>& errors() const noexcept { return _errors; }
 
 private:
+    friend class executor_builder;
+    static expected<std::unique_ptr<executor_pool>, std::string>
+    start_impl(const std::vector<std::optional<unsigned>>& placement, const executor_builder& tmpl, shard_main main,
+               bool numbered_names);
     executor_pool() = default;
     shard_main _main;
     std::unique_ptr<shard_mesh> _mesh;
     std::vector<std::thread> _threads;
+    // Published while a shard's executor exists; guarded by _lock, which
+    // request_stop() holds while it writes their eventfds.
+    std::mutex _lock;
     std::vector<executor*> _executors;
     std::vector<std::string> _errors;
     std::unique_ptr<std::latch> _mains_done;

@@ -109,3 +109,28 @@ TEST_CASE("submit_to runs a function or a task on another shard and returns its 
     const unsigned other = static_cast<unsigned>(allowed->size() - 1);
     CHECK(answer.load() == 10000 + other * 1000 + other + 100);
 }
+
+TEST_CASE("executor_builder::spawn runs one named executor, pinned before it starts", "[pool][builder]") {
+    auto allowed = allowed_cpus();
+    REQUIRE(allowed.has_value());
+    const unsigned cpu = allowed->cpus().back();
+    std::string name;
+    cpu_set affinity;
+    auto one = executor_builder().name("worker").pin_to_cpu(cpu).spawn([&]() -> task<void> {
+        name = thread_name();
+        affinity = *allowed_cpus();
+        co_await sleep_for(1ms);
+    });
+    REQUIRE(one.has_value());
+    (*one)->join();
+    CHECK(name == "worker");
+    CHECK(affinity.cpus() == std::vector<unsigned>{cpu});
+    // Unpinned: the thread keeps the process's affinity.
+    auto free_running = executor_builder().name("free").spawn([&]() -> task<void> {
+        affinity = *allowed_cpus();
+        co_return;
+    });
+    REQUIRE(free_running.has_value());
+    (*free_running)->join();
+    CHECK(affinity == *allowed);
+}

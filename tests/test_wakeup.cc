@@ -38,10 +38,12 @@ TEST_CASE("100000 cross-shard messages with a sleeping receiver: none lost", "[w
             for (int i = 0; i < per_burst; ++i) {
                 shard_mesh::current()->send(1, {&bump, &c});
             }
-            // Every 10th burst: give the receiver time to drain and fall
-            // asleep, so the next burst must wake it.
+            // Every 10th burst: wait until the receiver has drained (a
+            // round trip queues behind the burst), then give it 2ms with
+            // nothing to do, in which it parks; the next burst must wake it.
             if (b % 10 == 0) {
-                co_await sleep_for(200us);
+                co_await submit_to(1, [] { return 0; });
+                co_await sleep_for(2ms);
             } else {
                 co_await yield();
             }
