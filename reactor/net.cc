@@ -145,8 +145,6 @@ void retire(multishot_state* s) noexcept {
     }
 }
 
-namespace {
-
 // Shared by both streams: ready when something is queued or nothing more can
 // come; otherwise (re-)arm and wait.
 bool stream_ready(multishot_state* s) {
@@ -168,60 +166,38 @@ void stream_suspend(multishot_state* s, std::coroutine_handle<> h) {
     s->queue = s->exec->current_queue();
 }
 
-}  // namespace
+expected<int> accepted_fd(multishot_state*, int res, std::uint32_t) { return res; }
 
-}  // namespace internal
-
-accept_stream::accept_stream(int listen_fd) : _s(new internal::multishot_state) {
-    _s->what = internal::multishot_state::op::accept;
-    _s->exec = executor::current();
-    _s->on = &_s->exec->latency_ring();
-    _s->fd = listen_fd;
-}
-
-accept_stream::~accept_stream() { internal::retire(_s); }
-
-bool accept_stream::next_op::await_ready() { return internal::stream_ready(s); }
-void accept_stream::next_op::await_suspend(std::coroutine_handle<> h) { internal::stream_suspend(s, h); }
-expected<int> accept_stream::next_op::await_resume() {
-    if (s->ready.empty()) {
-        return unexpected{std::make_error_code(std::errc::operation_canceled)};
-    }
-    auto [res, flags] = s->ready.front();
-    s->ready.pop_front();
-    if (res < 0) {
-        return unexpected{errno_code(res)};
-    }
-    return res;
-}
-
-recv_stream::recv_stream(int fd, buffer_ring& buffers) : _s(new internal::multishot_state) {
-    _s->what = internal::multishot_state::op::recv;
-    _s->exec = executor::current();
-    _s->on = &buffers.ring();
-    _s->buffers = &buffers;
-    _s->fd = fd;
-}
-
-recv_stream::~recv_stream() { internal::retire(_s); }
-
-bool recv_stream::next_op::await_ready() { return internal::stream_ready(s); }
-void recv_stream::next_op::await_suspend(std::coroutine_handle<> h) { internal::stream_suspend(s, h); }
-expected<received> recv_stream::next_op::await_resume() {
-    if (s->ready.empty()) {
-        return unexpected{std::make_error_code(std::errc::operation_canceled)};
-    }
-    auto [res, flags] = s->ready.front();
-    s->ready.pop_front();
-    if (res < 0) {
-        return unexpected{errno_code(res)};
-    }
+expected<received> received_chunk(multishot_state* s, int res, std::uint32_t flags) {
     if (res == 0) {
         return received{};
     }
     const auto bid = static_cast<std::uint16_t>(flags >> IORING_CQE_BUFFER_SHIFT);
     return received{s->buffers->data(bid, static_cast<std::size_t>(res)), bid};
 }
+
+namespace {
+
+multishot_state* new_state(multishot_state::op what, ring& on, int fd, buffer_ring* buffers) {
+    auto* s = new multishot_state;
+    s->what = what;
+    s->exec = executor::current();
+    s->on = &on;
+    s->fd = fd;
+    s->buffers = buffers;
+    return s;
+}
+
+}  // namespace
+
+}  // namespace internal
+
+accept_stream::accept_stream(int listen_fd)
+    : multishot_stream(internal::new_state(internal::multishot_state::op::accept, executor::current()->latency_ring(),
+                                           listen_fd, nullptr)) {}
+
+recv_stream::recv_stream(int fd, buffer_ring& buffers)
+    : multishot_stream(internal::new_state(internal::multishot_state::op::recv, buffers.ring(), fd, &buffers)) {}
 
 task<expected<std::size_t>> send_all(int fd, std::span<const std::byte> data) {
     std::size_t sent = 0;

@@ -66,34 +66,55 @@ struct multishot_state : completion {
 };
 
 void retire(multishot_state* s) noexcept;
+bool stream_ready(multishot_state* s);
+void stream_suspend(multishot_state* s, std::coroutine_handle<> h);
+
+// What accept_stream and recv_stream share: the owned state, cancel(), and
+// the awaitable of next(), which turns a CQE into `T` through `convert`.
+template <typename T, expected<T> (*convert)(multishot_state*, int res, std::uint32_t flags)>
+class multishot_stream {
+public:
+    multishot_stream(const multishot_stream&) = delete;
+    multishot_stream& operator=(const multishot_stream&) = delete;
+    ~multishot_stream() { retire(_s); }
+
+    struct next_op {
+        multishot_state* s;
+        bool await_ready() { return stream_ready(s); }
+        void await_suspend(std::coroutine_handle<> h) { stream_suspend(s, h); }
+        expected<T> await_resume() {
+            if (s->ready.empty()) {
+                return unexpected{std::make_error_code(std::errc::operation_canceled)};
+            }
+            auto [res, flags] = s->ready.front();
+            s->ready.pop_front();
+            if (res < 0) {
+                return unexpected{errno_code(res)};
+            }
+            return convert(s, res, flags);
+        }
+    };
+    auto next() { return next_op{_s}; }
+    // Stops the operation; next() drains what already arrived, then returns
+    // errc::operation_canceled.
+    void cancel() { _s->cancel(); }
+
+protected:
+    explicit multishot_stream(multishot_state* s) : _s(s) {}
+    multishot_state* _s;
+};
+
+expected<int> accepted_fd(multishot_state*, int res, std::uint32_t);
 
 }  // namespace internal
 
 // Accepted connections from a listening socket, through one multishot accept
-// on the latency ring, re-armed when the kernel ends it.
-class accept_stream {
+// on the latency ring, re-armed when the kernel ends it. next() gives the
+// connection's fd, or an error: EMFILE/ENFILE (back off and call again),
+// errc::operation_canceled after cancel().
+class accept_stream : public internal::multishot_stream<int, internal::accepted_fd> {
 public:
     explicit accept_stream(int listen_fd);
-    ~accept_stream();
-    accept_stream(const accept_stream&) = delete;
-    accept_stream& operator=(const accept_stream&) = delete;
-
-    // The next connection's fd, or an error: EMFILE/ENFILE (back off and
-    // call again), errc::operation_canceled after cancel().
-    auto next() { return next_op{_s}; }
-    // Stops accepting; next() drains what was already accepted, then
-    // returns errc::operation_canceled.
-    void cancel() { _s->cancel(); }
-
-    struct next_op {
-        internal::multishot_state* s;
-        bool await_ready();
-        void await_suspend(std::coroutine_handle<> h);
-        expected<int> await_resume();
-    };
-
-private:
-    internal::multishot_state* _s;
 };
 
 struct received {
@@ -101,31 +122,18 @@ struct received {
     std::uint16_t buffer_id = 0;
 };
 
+namespace internal {
+expected<received> received_chunk(multishot_state* s, int res, std::uint32_t flags);
+}
+
 // Data from a connected socket through one multishot receive into `buffers`
 // (on the buffer ring's ring). Every non-empty `received` holds a buffer
-// until buffers.release(buffer_id).
-class recv_stream {
+// until buffers.release(buffer_id). next() gives the next chunk, empty data
+// at end of stream; errc::no_buffer_space when the buffer ring ran dry:
+// release buffers, then call next() again (it re-arms).
+class recv_stream : public internal::multishot_stream<received, internal::received_chunk> {
 public:
     recv_stream(int fd, buffer_ring& buffers);
-    ~recv_stream();
-    recv_stream(const recv_stream&) = delete;
-    recv_stream& operator=(const recv_stream&) = delete;
-
-    // The next chunk; data().empty() at end of stream. errc::no_buffer_space
-    // when the buffer ring ran dry: release buffers, then call next() again
-    // (it re-arms). errc::operation_canceled after cancel().
-    auto next() { return next_op{_s}; }
-    void cancel() { _s->cancel(); }
-
-    struct next_op {
-        internal::multishot_state* s;
-        bool await_ready();
-        void await_suspend(std::coroutine_handle<> h);
-        expected<received> await_resume();
-    };
-
-private:
-    internal::multishot_state* _s;
 };
 
 // One send(2) with MSG_NOSIGNAL: may be short.

@@ -3,6 +3,8 @@
 #include "reactor/executor.hh"
 #include "reactor/io.hh"
 
+#include "tests/support/executor.hh"
+
 #include <catch2/catch.hpp>
 #include <cstdlib>
 #include <cstring>
@@ -34,9 +36,8 @@ TEST_CASE("O_DIRECT writes and reads round-trip through the poll ring or its fal
         out[i] = static_cast<std::byte>(i * 7 + 1);
     }
     std::memset(in, 0, size);
-    auto ex = executor::create({});
-    REQUIRE(ex.has_value());
-    auto ok = (*ex)->run([](int fd, std::byte* out, std::byte* in) -> task<bool> {
+    auto ex = test::make_executor();
+    auto ok = ex->run([](int fd, std::byte* out, std::byte* in) -> task<bool> {
         auto w = co_await write_dma(fd, out, size, 0);
         if (!w || *w != size) {
             co_return false;
@@ -50,10 +51,10 @@ TEST_CASE("O_DIRECT writes and reads round-trip through the poll ring or its fal
     CHECK(std::memcmp(out, in, size) == 0);
     // Each operation fell back at most once. (ext4 on virtio-blk without
     // poll queues: an allocating write completes inline, reads fall back.)
-    const auto fallbacks = (*ex)->poll_fallbacks();
+    const auto fallbacks = ex->poll_fallbacks();
     INFO("poll ring fallbacks: " << fallbacks);
     CHECK(fallbacks <= 3);
-    CHECK((*ex)->poll_ring().in_flight() == 0);
+    CHECK(ex->poll_ring().in_flight() == 0);
     std::free(out);
     std::free(in);
     ::close(fd);

@@ -2,21 +2,16 @@
 // with tasks pending.
 #include "reactor/executor.hh"
 #include "reactor/io.hh"
+#include "tests/support/executor.hh"
 
 #include <catch2/catch.hpp>
 #include <fcntl.h>
 #include <unistd.h>
 
 using namespace shardd;
+using shardd::test::make_executor;
 
 namespace {
-
-std::unique_ptr<executor> make_executor(executor_config cfg = {}) {
-    cfg.name = "test";
-    auto ex = executor::create(cfg);
-    REQUIRE(ex.has_value());
-    return std::move(*ex);
-}
 
 task<int> forty_two() { co_return 42; }
 

@@ -3,6 +3,8 @@
 // exhaustion), send_all, connect, half-close, close cancelling a receive.
 #include "reactor/net.hh"
 
+#include "tests/support/executor.hh"
+
 #include <catch2/catch.hpp>
 #include <cstring>
 #include <numeric>
@@ -10,14 +12,9 @@
 #include <unistd.h>
 
 using namespace shardd;
+using shardd::test::make_executor;
 
 namespace {
-
-std::unique_ptr<executor> make_executor() {
-    auto ex = executor::create({});
-    REQUIRE(ex.has_value());
-    return std::move(*ex);
-}
 
 std::vector<std::byte> pattern(std::size_t n, unsigned seed) {
     std::vector<std::byte> v(n);

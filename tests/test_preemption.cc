@@ -3,7 +3,9 @@
 #include "reactor/executor.hh"
 #include "reactor/io.hh"
 
+#include "tests/support/executor.hh"
 #include <algorithm>
+
 #include <catch2/catch.hpp>
 
 using namespace shardd;
@@ -19,9 +21,8 @@ void spin_for(nanoseconds d) {
 }  // namespace
 
 TEST_CASE("a latency-class task preempts a spinning throughput task within 2x its bound", "[preemption]") {
-    auto ex = executor::create({});
-    REQUIRE(ex.has_value());
-    executor& e = **ex;
+    auto ex = test::make_executor();
+    executor& e = *ex;
     constexpr auto bound = 5ms;
     auto fast = e.create_task_queue("latency", reference_shares, bound);
     auto bulk = e.create_task_queue("bulk");
@@ -59,10 +60,9 @@ TEST_CASE("a latency-class task preempts a spinning throughput task within 2x it
 }
 
 TEST_CASE("need_preempt() is false on an idle executor and yield_if_needed() does not suspend", "[preemption]") {
-    auto ex = executor::create({});
-    REQUIRE(ex.has_value());
-    CHECK_FALSE((*ex)->need_preempt());
-    auto resumptions = (*ex)->run([]() -> task<std::uint64_t> {
+    auto ex = test::make_executor();
+    CHECK_FALSE(ex->need_preempt());
+    auto resumptions = ex->run([]() -> task<std::uint64_t> {
         for (int i = 0; i < 1000; ++i) {
             co_await yield_if_needed();
         }

@@ -3,6 +3,8 @@
 #include "reactor/executor.hh"
 #include "reactor/io.hh"
 
+#include "tests/support/executor.hh"
+
 #include <catch2/catch.hpp>
 
 using namespace shardd;
@@ -26,9 +28,8 @@ task<void> cpu_bound(const bool& stop) {
 }  // namespace
 
 TEST_CASE("two CPU-bound queues with shares 2:1 get a 2:1 runtime ratio", "[shares]") {
-    auto ex = executor::create({});
-    REQUIRE(ex.has_value());
-    executor& e = **ex;
+    auto ex = test::make_executor();
+    executor& e = *ex;
     auto a = e.create_task_queue("a", 2000);
     auto b = e.create_task_queue("b", 1000);
     bool stop = false;
@@ -54,9 +55,8 @@ TEST_CASE("two CPU-bound queues with shares 2:1 get a 2:1 runtime ratio", "[shar
 }
 
 TEST_CASE("equal shares split evenly; a queue that slept gets no banked credit", "[shares]") {
-    auto ex = executor::create({});
-    REQUIRE(ex.has_value());
-    executor& e = **ex;
+    auto ex = test::make_executor();
+    executor& e = *ex;
     auto a = e.create_task_queue("a");
     auto b = e.create_task_queue("b");
     bool stop = false;

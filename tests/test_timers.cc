@@ -2,17 +2,14 @@
 #include "reactor/executor.hh"
 #include "reactor/io.hh"
 
+#include "tests/support/executor.hh"
+
 #include <catch2/catch.hpp>
 
 using namespace shardd;
+using shardd::test::make_executor;
 
-namespace {
-std::unique_ptr<executor> make_executor() {
-    auto ex = executor::create({});
-    REQUIRE(ex.has_value());
-    return std::move(*ex);
-}
-}  // namespace
+namespace {}  // namespace
 
 TEST_CASE("sleepers wake in deadline order", "[timers]") {
     auto ex = make_executor();
