@@ -46,6 +46,18 @@ expected<std::unique_ptr<executor>, start_error> executor::create(const executor
                                       "this thread already runs an executor"}};
     }
     std::unique_ptr<executor> ex(new executor(cfg));
+    // Raise RLIMIT_MEMLOCK's soft limit to the hard one first: since 6.14 the
+    // rings themselves count against it for a process without CAP_IPC_LOCK,
+    // and the arena registered below always does.
+    const auto memlock = raise_memlock_limit();
+    if (cfg.io_memory > 0) {
+        auto arena = io_memory::create(cfg.io_memory);
+        if (!arena) {
+            return unexpected{start_error{arena.error(), "cannot map " + std::to_string(cfg.io_memory >> 10) +
+                                                             " KiB of io_memory: " + arena.error().message()}};
+        }
+        ex->_arena.emplace(std::move(*arena));
+    }
     for (auto kind : {internal::ring_kind::main, internal::ring_kind::latency, internal::ring_kind::poll}) {
         auto r = internal::ring::create(kind, cfg.ring_entries);
         if (!r) {
@@ -73,6 +85,25 @@ expected<std::unique_ptr<executor>, start_error> executor::create(const executor
     ex->_event_fd = eventfd(0, EFD_CLOEXEC);
     if (ex->_event_fd < 0) {
         return unexpected{start_error{errno_code(errno), std::string("eventfd: ") + std::strerror(errno)}};
+    }
+    if (ex->_arena) {
+        io_uring* rings[] = {&ex->_main->raw(), &ex->_poll->raw()};
+        if (auto ec = ex->_arena->register_with(rings)) {
+            // Not fatal: operations use ordinary (unregistered) buffers. One
+            // warning per process, not one per shard.
+            static std::atomic<bool> warned{false};
+            const std::string why = "io_memory: cannot register " + std::to_string(ex->_arena->capacity() >> 10) +
+                                    " KiB as fixed buffers (" + ec.message() + "; needs " +
+                                    std::to_string(ex->_arena->memlock_required(2) >> 10) +
+                                    " KiB of RLIMIT_MEMLOCK, soft limit " +
+                                    (memlock ? std::to_string(*memlock >> 10) + " KiB" : std::string("unknown")) +
+                                    "); running without registered buffers. Raise LimitMEMLOCK= or ulimit -l.";
+            if (!warned.exchange(true)) {
+                spdlog::warn("{}", why);
+            } else {
+                spdlog::debug("{}: {}", cfg.name, why);
+            }
+        }
     }
     spdlog::debug("{}: rings main {} (fd {}), latency {} (fd {}), poll {} (fd {}); eventfd {}", cfg.name,
                   ex->_main->describe_flags(), ex->_main->fd(), ex->_latency->describe_flags(), ex->_latency->fd(),

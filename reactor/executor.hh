@@ -12,6 +12,7 @@
 #include "reactor/expected.hh"
 #include "reactor/internal/ring.hh"
 #include "reactor/internal/root_list.hh"
+#include "reactor/io_memory.hh"
 #include "reactor/task.hh"
 #include "reactor/task_queue.hh"
 
@@ -30,6 +31,9 @@ struct executor_config {
     std::string name = "unnamed";
     // Submission queue entries per ring (the CQ gets 4x).
     unsigned ring_entries = 1024;
+    // The registered fixed-buffer arena (0: none). Locked memory, charged
+    // once per ring it is registered on (main and poll).
+    std::size_t io_memory = 4u << 20;
     // Busy-poll for work this long before sleeping. 0: sleep at once.
     nanoseconds spin_before_park{0};
     // How long a task queue runs before latency-class work gets the CPU.
@@ -110,6 +114,10 @@ public:
 
     void add_work_source(work_source* s) { _sources.push_back(s); }
 
+    // The fixed-buffer arena; registered() says whether *_fixed operations
+    // may use it (when registration failed the executor runs without).
+    io_memory* arena() noexcept { return _arena ? &*_arena : nullptr; }
+
     // Rings, for the operation awaitables in reactor/io.hh and reactor/net.hh.
     internal::ring& main_ring() noexcept { return *_main; }
     internal::ring& latency_ring() noexcept { return *_latency; }
@@ -154,6 +162,9 @@ private:
     void drain_for_shutdown();
 
     executor_config _cfg;
+    // Before the rings: members are destroyed in reverse, and the rings must
+    // go (dropping their registration) before the arena is unmapped.
+    std::optional<io_memory> _arena;
     std::unique_ptr<internal::ring> _main;
     std::unique_ptr<internal::ring> _latency;
     std::unique_ptr<internal::ring> _poll;

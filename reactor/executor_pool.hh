@@ -33,7 +33,7 @@ public:
         return *this;
     }
     executor_builder& io_memory(std::size_t bytes) {
-        _io_memory = bytes;
+        _cfg.io_memory = bytes;
         return *this;
     }
     executor_builder& ring_entries(unsigned n) {
@@ -60,12 +60,10 @@ public:
 
     const executor_config& config() const noexcept { return _cfg; }
     std::optional<unsigned> cpu() const noexcept { return _cpu; }
-    std::size_t io_memory_bytes() const noexcept { return _io_memory; }
 
 private:
     executor_config _cfg;
     std::optional<unsigned> _cpu;
-    std::size_t _io_memory = 4u << 20;
 };
 
 using shard_main = std::function<task<void>(unsigned shard)>;

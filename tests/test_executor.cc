@@ -6,6 +6,8 @@
 
 #include <catch2/catch.hpp>
 #include <fcntl.h>
+#include <sys/resource.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 using namespace shardd;
@@ -196,4 +198,53 @@ TEST_CASE("spin_before_park keeps the executor awake through short waits", "[exe
     auto ex = make_executor({});
     ex->run([]() -> task<void> { co_await sleep_for(5ms); }());
     CHECK(ex->parks() > 0);
+}
+
+TEST_CASE("the io_memory arena is registered with the main and poll rings", "[executor][io_memory]") {
+    executor_config cfg;
+    cfg.io_memory = 1u << 20;
+    auto ex = make_executor(cfg);
+    REQUIRE(ex->arena() != nullptr);
+    CHECK(ex->arena()->capacity() == (1u << 20));
+    // CI runs as root (CAP_IPC_LOCK); elsewhere RLIMIT_MEMLOCK decides.
+    if (geteuid() == 0) {
+        CHECK(ex->arena()->registered());
+    }
+}
+
+TEST_CASE("an executor starts without registered buffers when memlock is too small", "[executor][io_memory]") {
+    // In a child: become an unprivileged user (no CAP_IPC_LOCK), allow 2 MiB
+    // of locked memory — enough for small rings, not for an 8 MiB arena
+    // registered twice — and start an executor. It must start, warn, and run.
+    const pid_t pid = fork();
+    REQUIRE(pid >= 0);
+    if (pid == 0) {
+        if (geteuid() == 0 && setuid(65534) != 0) {
+            _exit(10);
+        }
+        rlimit lim{2u << 20, 2u << 20};
+        if (setrlimit(RLIMIT_MEMLOCK, &lim) != 0) {
+            _exit(11);
+        }
+        executor_config cfg;
+        cfg.ring_entries = 64;
+        cfg.io_memory = 8u << 20;
+        auto ex = executor::create(cfg);
+        if (!ex) {
+            _exit(12);
+        }
+        if ((*ex)->arena() == nullptr || (*ex)->arena()->registered()) {
+            _exit(13);
+        }
+        const bool ok = (*ex)->run([]() -> task<bool> {
+            auto r = co_await nop();
+            co_return r.has_value();
+        }());
+        _exit(ok ? 0 : 14);
+    }
+    int status = 0;
+    REQUIRE(waitpid(pid, &status, 0) == pid);
+    REQUIRE(WIFEXITED(status));
+    INFO("child exit status " << WEXITSTATUS(status) << " (10 setuid, 11 setrlimit, 12 create, 13 registered, 14 nop)");
+    CHECK(WEXITSTATUS(status) == 0);
 }
