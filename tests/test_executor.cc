@@ -40,7 +40,14 @@ TEST_CASE("run() returns the main task's value", "[executor]") {
 TEST_CASE("deep await chains do not grow the stack", "[executor]") {
     auto ex = make_executor();
     // Symmetric transfer: 100k nested awaits run in constant stack space.
-    CHECK(ex->run(add_nested(100000)) == 100000);
+    // That needs the compiler to turn the resumption into a tail call, which
+    // GCC does not do under AddressSanitizer: there the depth is modest.
+#if defined(__SANITIZE_ADDRESS__)
+    constexpr int depth = 1000;
+#else
+    constexpr int depth = 100000;
+#endif
+    CHECK(ex->run(add_nested(depth)) == depth);
 }
 
 TEST_CASE("a second executor on one thread is refused", "[executor]") {
