@@ -65,6 +65,8 @@ int remaining_ms(std::chrono::steady_clock::time_point deadline) {
 
 std::string shardd_binary() { return env_or_throw("SHARDD_BIN"); }
 
+std::string shardd_bench_binary() { return env_or_throw("SHARDD_BENCH_BIN"); }
+
 std::string source_path(const std::string& relative) { return env_or_throw("SHARDD_SOURCE_ROOT") + "/" + relative; }
 
 temp_file::temp_file(const std::string& name, const std::string& contents) : _dir(make_temp_dir()) {
@@ -78,10 +80,15 @@ temp_file::~temp_file() {
 }
 
 run_result run_shardd(const std::vector<std::string>& args, std::chrono::milliseconds timeout) {
-    daemon_process p(args);
+    return run_program(shardd_binary(), args, timeout);
+}
+
+run_result run_program(const std::string& binary, const std::vector<std::string>& args,
+                       std::chrono::milliseconds timeout) {
+    daemon_process p(args, {}, binary);
     auto r = p.wait(timeout);
     if (!r) {
-        throw std::runtime_error("shardd did not exit within the timeout");
+        throw std::runtime_error(binary + " did not exit within the timeout");
     }
     return *r;
 }
@@ -132,13 +139,14 @@ std::optional<std::string> notify_socket::wait_for(const std::string& line, std:
     }
 }
 
-daemon_process::daemon_process(const std::vector<std::string>& args, const std::map<std::string, std::string>& env) {
+daemon_process::daemon_process(const std::vector<std::string>& args, const std::map<std::string, std::string>& env,
+                               const std::string& binary) {
     int out[2];
     int err[2];
     if (pipe2(out, O_CLOEXEC) != 0 || pipe2(err, O_CLOEXEC) != 0) {
         throw std::runtime_error(std::string("pipe2: ") + std::strerror(errno));
     }
-    const std::string bin = shardd_binary();
+    const std::string bin = binary;
     std::vector<char*> argv;
     argv.push_back(const_cast<char*>(bin.c_str()));
     for (const auto& a : args) {

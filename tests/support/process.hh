@@ -17,6 +17,8 @@ inline constexpr std::chrono::milliseconds default_timeout = 30s;
 
 // Path of the shardd binary under test ($SHARDD_BIN, set by meson).
 std::string shardd_binary();
+// Path of the shardd-bench binary ($SHARDD_BENCH_BIN, set by meson).
+std::string shardd_bench_binary();
 // Path of a file in the source tree ($SHARDD_SOURCE_ROOT, set by meson).
 std::string source_path(const std::string& relative);
 
@@ -43,6 +45,9 @@ struct run_result {
 
 // Runs shardd with `args` to completion, capturing stdout and stderr.
 run_result run_shardd(const std::vector<std::string>& args, std::chrono::milliseconds timeout = default_timeout);
+// Runs `binary` with `args` to completion, capturing stdout and stderr.
+run_result run_program(const std::string& binary, const std::vector<std::string>& args,
+                       std::chrono::milliseconds timeout = default_timeout);
 
 // A datagram socket in the place of systemd's $NOTIFY_SOCKET.
 class notify_socket {
@@ -65,7 +70,8 @@ private:
 // shardd running in the background.
 class daemon_process {
 public:
-    daemon_process(const std::vector<std::string>& args, const std::map<std::string, std::string>& env = {});
+    daemon_process(const std::vector<std::string>& args, const std::map<std::string, std::string>& env = {},
+                   const std::string& binary = shardd_binary());
     ~daemon_process();  // SIGKILL if still running
     daemon_process(const daemon_process&) = delete;
     daemon_process& operator=(const daemon_process&) = delete;
