@@ -121,7 +121,9 @@ struct connection {
         const in_flight m = flight.front();
         flight.pop_front();
         if (m.sent >= plan.measure_from && m.sent < plan.stop) {
-            out.latency.record(static_cast<std::uint64_t>(std::chrono::nanoseconds(now - m.sent).count()));
+            // Never negative: an open-loop send waits for its intended time.
+            const auto waited = std::max(std::chrono::nanoseconds(0), std::chrono::nanoseconds(now - m.sent));
+            out.latency.record(static_cast<std::uint64_t>(waited.count()));
             ++out.messages;
             out.bytes += m.size;
             live.messages.fetch_add(1, std::memory_order_relaxed);

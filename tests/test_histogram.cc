@@ -48,55 +48,48 @@ std::vector<std::uint64_t> sweep_values() {
     return values;
 }
 
+// Negative when `reported` understates `value`.
 double relative_error(std::uint64_t reported, std::uint64_t value) {
-    return static_cast<double>(reported - value) / static_cast<double>(value);
+    return (static_cast<double>(reported) - static_cast<double>(value)) / static_cast<double>(value);
 }
 
 }  // namespace
 
 TEST_CASE("every value from 1 ns to 1 h lands in a bucket within 1% of it", "[histogram]") {
     latency_histogram h;
+    double lowest = 0;
     double worst = 0;
-    std::uint64_t below = 0;  // values whose bucket bound understates them
     for (std::uint64_t v : sweep_values()) {
         h.reset();
         h.record(v);
         const bucket_list b = buckets(h);
         REQUIRE(b.size() == 1);
-        if (b[0].first < v) {
-            ++below;
-            continue;
-        }
+        lowest = std::min(lowest, relative_error(b[0].first, v));
         worst = std::max(worst, relative_error(b[0].first, v));
     }
-    CHECK(below == 0);
-    CHECK(worst < 1.0 / 128);
-    CHECK(worst <= 0.01);
+    CHECK(lowest == 0);        // a bucket's bound never understates its values
+    CHECK(worst < 1.0 / 128);  // the design bound, inside the 1% budget
     // The sweep reaches the widest buckets, so the bound above is not vacuous.
     CHECK(worst > 0.007);
 }
 
 TEST_CASE("percentile of a value is within 1% of it from 1 ns to 1 h", "[histogram]") {
     latency_histogram h;
+    double lowest = 0;
     double worst = 0;
-    std::uint64_t wrong = 0;
+    std::uint64_t not_exact = 0;
     for (std::uint64_t v : sweep_values()) {
         h.reset();
         h.record(v);
         // Alone, the value is the max, and every percentile is capped there.
-        if (h.percentile(50) != v || h.percentile(100) != v) {
-            ++wrong;
-        }
+        not_exact += h.percentile(50) != v || h.percentile(100) != v;
         // With a larger sample above it, p50 is the value's bucket bound.
         h.record(latency_histogram::highest_trackable);
-        const std::uint64_t p50 = h.percentile(50);
-        if (p50 < v) {
-            ++wrong;
-            continue;
-        }
-        worst = std::max(worst, relative_error(p50, v));
+        lowest = std::min(lowest, relative_error(h.percentile(50), v));
+        worst = std::max(worst, relative_error(h.percentile(50), v));
     }
-    CHECK(wrong == 0);
+    CHECK(not_exact == 0);
+    CHECK(lowest == 0);
     CHECK(worst <= 0.01);
 }
 
@@ -112,7 +105,6 @@ TEST_CASE("percentiles of a uniform distribution are within 1%", "[histogram]") 
     CHECK(h.percentile(90) == Approx(90'000).epsilon(0.01));
     CHECK(h.percentile(99) == Approx(99'000).epsilon(0.01));
     CHECK(h.percentile(99.9) == Approx(99'900).epsilon(0.01));
-    CHECK(h.percentile(99.99) <= h.max());
     CHECK(h.mean() == Approx(50'000.5).epsilon(0.01));
     CHECK(h.min() >= 1);
     CHECK(h.max() <= 100'000);
@@ -150,8 +142,20 @@ TEST_CASE("p100 is max exactly, and min is exact", "[histogram]") {
     CHECK(h.max() == 1'000'003);
     CHECK(h.percentile(100) == 1'000'003);
     CHECK(h.percentile(99.999) == 1'000'003);
+    // Rank 3 is 999'999, in the max's bucket: its bound is capped at max().
+    CHECK(h.percentile(75) == 1'000'003);
     CHECK(h.min() == 17);
     CHECK(h.percentile(1) == 17);
+}
+
+TEST_CASE("decimal rounding of p does not push a percentile to the next sample", "[histogram]") {
+    // 99.9 / 100 * 1000 is 999.0000000000001 in doubles: a bare ceil would
+    // take rank 1000 (the 200) instead of rank 999 (the 10).
+    latency_histogram h;
+    h.record_n(10, 999);
+    h.record(200);
+    CHECK(h.percentile(99.9) == 10);
+    CHECK(h.percentile(99.91) == 200);
 }
 
 TEST_CASE("merging two histograms equals one fed both streams", "[histogram]") {
