@@ -201,21 +201,13 @@ std::unique_ptr<executor> make_executor(unsigned cpu, placement where) {
     return std::move(*ex);
 }
 
-std::vector<double> run_measure(executor& ex, body_fn body, std::uint64_t n) {
-    try {
-        return ex.run(measure(body, n));
-    } catch (const std::exception& e) {
-        fail(e.what());
-    }
-}
-
 // On a thread of its own pinned to `cpu`, as a shard runs: the main thread's
 // affinity stays untouched for the two-shard benchmarks.
 std::vector<double> run_one_shard(unsigned cpu, body_fn body, std::uint64_t n) {
     std::vector<double> samples;
     std::thread([&] {
         auto ex = make_executor(cpu, placement::one_shard);
-        samples = run_measure(*ex, body, n);
+        samples = ex->run(measure(body, n));  // a throw ends the process, with its what()
     }).join();
     return samples;
 }
@@ -256,7 +248,7 @@ std::vector<double> run_two_shards(const cpu_set& allowed, placement where, body
         }
         attached.arrive_and_wait();
         if (id == 0) {
-            samples = run_measure(*ex, body, n);
+            samples = ex->run(measure(body, n));
             peer->request_stop();
         } else {
             ex->run();
@@ -403,10 +395,9 @@ options parse(int argc, char** argv) {
     options o;
     for (int i = 1; i < argc; ++i) {
         const std::string arg = argv[i];
-        const bool has_value = i + 1 < argc;
-        if (arg == "--filter" && has_value) {
+        if (arg == "--filter" && i + 1 < argc) {
             o.filter = argv[++i];
-        } else if (arg == "--iterations-scale" && has_value) {
+        } else if (arg == "--iterations-scale" && i + 1 < argc) {
             char* end = nullptr;
             o.scale = std::strtod(argv[++i], &end);
             if (*end != '\0' || !(o.scale > 0)) {
