@@ -186,7 +186,10 @@ private:
             } else {
                 std::string list;
                 for (auto name : known) {
-                    list += (list.empty() ? "" : ", ") + std::string(name);
+                    if (!list.empty()) {
+                        list += ", ";
+                    }
+                    list += name;
                 }
                 msg += "; expected one of: " + list;
             }

@@ -61,7 +61,10 @@ void log_settings(const config::config& cfg, const cpu_set& cpus, const std::str
     for (const auto& l : cfg.listeners) {
         std::string addrs;
         for (const auto& a : l.listen) {
-            addrs += (addrs.empty() ? "" : " ") + a.to_string();
+            if (!addrs.empty()) {
+                addrs += ' ';
+            }
+            addrs += a.to_string();
         }
         const std::string what = l.mode == config::listener_mode::echo
                                      ? "echo/" + std::string(config::to_string(l.protocol))
@@ -72,7 +75,10 @@ void log_settings(const config::config& cfg, const cpu_set& cpus, const std::str
     for (const auto& up : cfg.upstreams) {
         std::string servers;
         for (const auto& a : up.servers) {
-            servers += (servers.empty() ? "" : " ") + a.to_string();
+            if (!servers.empty()) {
+                servers += ' ';
+            }
+            servers += a.to_string();
         }
         spdlog::info("upstream {}: {} over {}", up.name, config::to_string(up.balance), servers);
     }

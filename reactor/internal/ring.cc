@@ -28,7 +28,10 @@ std::string flags_to_string(unsigned flags) {
     std::string out;
     for (const auto& f : flag_names) {
         if (flags & f.flag) {
-            out += (out.empty() ? "" : "|") + std::string(f.name);
+            if (!out.empty()) {
+                out += '|';
+            }
+            out += f.name;
         }
     }
     return out.empty() ? "none" : out;
