@@ -358,7 +358,6 @@ void executor::run_until(const bool& done) {
     executor* previous = t_current;
     t_current = this;
     while (!done && !stop_requested()) {
-        ++_iterations;
         poll_io();
         if (run_one_slice()) {
             continue;

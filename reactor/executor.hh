@@ -137,7 +137,6 @@ public:
     // Counters, for tests and stats.
     std::uint64_t parks() const noexcept { return _parks; }
     std::uint64_t wakeups_by_eventfd() const noexcept { return _eventfd_wakeups; }
-    std::uint64_t loop_iterations() const noexcept { return _iterations; }
     // Slices longer than stall_threshold (each one logged).
     std::uint64_t stalls() const noexcept { return _stalls; }
     // O_DIRECT operations the poll ring refused (EOPNOTSUPP: the device does
@@ -199,7 +198,6 @@ private:
 
     std::uint64_t _parks = 0;
     std::uint64_t _eventfd_wakeups = 0;
-    std::uint64_t _iterations = 0;
     std::uint64_t _stalls = 0;
     std::uint64_t _poll_fallbacks = 0;
 };

@@ -1,6 +1,7 @@
 // shardd-bench through the real binary, against an echo server that this test
 // runs on loopback and that can misbehave on purpose: flip a byte, drop a
 // byte, or die mid-run. A client that measures must notice every one.
+#include "tests/support/loopback.hh"
 #include "tests/support/process.hh"
 
 #include <arpa/inet.h>
@@ -24,37 +25,27 @@ enum class fault { none, flip_byte, drop_byte, die };
 // connection, applies `f` once.
 class echo_server {
 public:
-    echo_server(fault f, std::size_t fault_after) : _fault(f), _fault_after(fault_after) {
-        _listen = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-        sockaddr_in sin{};
-        sin.sin_family = AF_INET;
-        sin.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-        REQUIRE(bind(_listen, reinterpret_cast<sockaddr*>(&sin), sizeof(sin)) == 0);
-        REQUIRE(listen(_listen, 128) == 0);
-        socklen_t len = sizeof(sin);
-        getsockname(_listen, reinterpret_cast<sockaddr*>(&sin), &len);
-        _port = ntohs(sin.sin_port);
+    echo_server(fault f, std::size_t fault_after) : _fault(f), _fault_after(fault_after), _listen(128) {
         _acceptor = std::thread([this] { accept_loop(); });
     }
     ~echo_server() {
         _stop = true;
-        ::shutdown(_listen, SHUT_RDWR);
+        ::shutdown(_listen.fd(), SHUT_RDWR);
         _acceptor.join();
         for (auto& t : _workers) {
             t.join();
         }
-        close(_listen);
     }
-    std::string address() const { return "127.0.0.1:" + std::to_string(_port); }
+    std::string address() const { return "127.0.0.1:" + std::to_string(_listen.port()); }
 
 private:
     void accept_loop() {
         while (!_stop) {
-            pollfd p{_listen, POLLIN, 0};
+            pollfd p{_listen.fd(), POLLIN, 0};
             if (poll(&p, 1, 100) <= 0) {
                 continue;
             }
-            int fd = accept4(_listen, nullptr, nullptr, SOCK_CLOEXEC);
+            int fd = accept4(_listen.fd(), nullptr, nullptr, SOCK_CLOEXEC);
             if (fd < 0) {
                 continue;
             }
@@ -104,8 +95,7 @@ private:
 
     fault _fault;
     std::size_t _fault_after;
-    int _listen = -1;
-    std::uint16_t _port = 0;
+    loopback_socket _listen;
     std::atomic<bool> _stop{false};
     std::thread _acceptor;
     std::vector<std::thread> _workers;
@@ -167,16 +157,9 @@ TEST_CASE("a server that dies mid-run gives a clear error, not a hang", "[bench]
 }
 
 TEST_CASE("a refused connection is reported and exits 1", "[bench]") {
-    // Bind a port, do not listen: connections to it are refused.
-    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    sockaddr_in sin{};
-    sin.sin_family = AF_INET;
-    sin.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    REQUIRE(bind(fd, reinterpret_cast<sockaddr*>(&sin), sizeof(sin)) == 0);
-    socklen_t len = sizeof(sin);
-    getsockname(fd, reinterpret_cast<sockaddr*>(&sin), &len);
-    auto r = bench({"-c", "2"}, "127.0.0.1:" + std::to_string(ntohs(sin.sin_port)));
-    close(fd);
+    // Bound, not listening: connections to it are refused.
+    loopback_socket refusing(-1);
+    auto r = bench({"-c", "2"}, "127.0.0.1:" + std::to_string(refusing.port()));
     CHECK(r.exit_code == 1);
     CHECK(json_number(r.out, "connect_errors") == 2);
     CHECK_THAT(r.err, Catch::Contains("Connection refused"));

@@ -1,5 +1,6 @@
 // The command line, through the real binary: exit codes, --check,
 // --print-config and override precedence.
+#include "tests/support/loopback.hh"
 #include "tests/support/process.hh"
 
 #include <arpa/inet.h>
@@ -89,21 +90,12 @@ TEST_CASE("a missing config file exits 78 and names the file", "[cli]") {
 TEST_CASE("--check binds nothing", "[cli]") {
     // Hold a port without SO_REUSEPORT; a config that listens on it passes
     // --check only if --check does not try to bind it.
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
-    REQUIRE(fd >= 0);
-    sockaddr_in sin{};
-    sin.sin_family = AF_INET;
-    sin.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    REQUIRE(bind(fd, reinterpret_cast<sockaddr*>(&sin), sizeof(sin)) == 0);
-    REQUIRE(listen(fd, 1) == 0);
-    socklen_t len = sizeof(sin);
-    REQUIRE(getsockname(fd, reinterpret_cast<sockaddr*>(&sin), &len) == 0);
-    const std::string port = std::to_string(ntohs(sin.sin_port));
+    loopback_socket held(1);
+    const std::string port = std::to_string(held.port());
     temp_file f("shardd.toml", "[[listener]]\nname = \"l\"\nlisten = \"127.0.0.1:" + port + "\"\nmode = \"echo\"\n");
     auto r = run_shardd({"--check", "-c", f.path()});
     CHECK(r.exit_code == 0);
     CHECK(r.out == "configuration OK\n");
-    close(fd);
 }
 
 TEST_CASE("--print-config prints the effective config; the command line wins", "[cli]") {
