@@ -9,12 +9,19 @@
 #include "reactor/expected.hh"
 #include "reactor/internal/ring.hh"
 
+#include <coroutine>
 #include <cstddef>
 #include <cstdint>
 #include <memory>
 #include <span>
+#include <vector>
 
 namespace shardd {
+
+class executor;
+namespace internal {
+struct task_queue;
+}
 
 class buffer_ring {
 public:
@@ -39,7 +46,27 @@ public:
     // release().
     void taken() noexcept { ++_in_use; }
     // Hands buffer `bid` back to the kernel.
-    void release(std::uint16_t bid) noexcept;
+    void release(std::uint16_t bid) noexcept {
+        add(bid);
+        --_in_use;
+        if (!_waiters.empty() && free_buffers() >= _wake_at) [[unlikely]] {
+            wake_waiters();
+        }
+    }
+
+    unsigned free_buffers() const noexcept { return _count - _in_use; }
+
+    // Waits until at least 1/8 of the buffers are free again: what a
+    // receive that ended with -ENOBUFS does before it re-arms. Waking at a
+    // fraction rather than at one free buffer keeps a crowd of starved
+    // connections from re-arming (and failing) once per released buffer.
+    struct available_op {
+        buffer_ring* br;
+        bool await_ready() const noexcept { return br->free_buffers() >= br->_wake_at; }
+        void await_suspend(std::coroutine_handle<> h);
+        void await_resume() const noexcept {}
+    };
+    available_op available() noexcept { return {this}; }
 
     // Buffers handed out and not yet released.
     unsigned in_use() const noexcept { return _in_use; }
@@ -49,7 +76,15 @@ public:
 
 private:
     buffer_ring(internal::ring& on, std::uint16_t group, unsigned count, std::size_t size)
-        : _on(on), _group(group), _count(count), _size(size) {}
+        : _on(on), _group(group), _count(count), _size(size), _wake_at(count >= 8 ? count / 8 : 1) {}
+    void add(std::uint16_t bid) noexcept;
+    void wake_waiters();
+
+    struct waiter {
+        std::coroutine_handle<> h;
+        executor* exec;
+        internal::task_queue* queue;
+    };
 
     internal::ring& _on;
     std::uint16_t _group;
@@ -60,8 +95,10 @@ private:
     std::byte* _buffers = nullptr;
     std::size_t _buffer_bytes = 0;
     bool _registered = false;
+    unsigned _wake_at;
     unsigned _in_use = 0;
     std::uint64_t _exhausted = 0;
+    std::vector<waiter> _waiters;
 };
 
 }  // namespace shardd

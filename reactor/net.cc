@@ -99,9 +99,24 @@ void multishot_state::cancel() {
     }
 }
 
+void multishot_state::pause() {
+    if (cancelled || paused) {
+        return;
+    }
+    paused = true;
+    ++pauses;
+    if (armed && !pausing) {
+        pausing = true;
+        io_uring_sqe* sqe = on->get_sqe();
+        io_uring_prep_cancel64(sqe, reinterpret_cast<std::uint64_t>(static_cast<completion*>(this)), 0);
+        on->track(sqe, nullptr);
+    }
+}
+
 void multishot_state::release_ready() {
     for (auto [res, flags] : ready) {
         if (what == op::recv && res > 0 && (flags & IORING_CQE_F_BUFFER)) {
+            ready_bytes -= static_cast<std::size_t>(res);
             buffers->release(static_cast<std::uint16_t>(flags >> IORING_CQE_BUFFER_SHIFT));
         } else if (what == op::accept && res >= 0) {
             ::close(res);
@@ -117,9 +132,24 @@ void multishot_state::on_cqe(completion* c, int res, std::uint32_t flags) noexce
     }
     if (s->what == op::recv && res > 0 && (flags & IORING_CQE_F_BUFFER)) {
         s->buffers->taken();
+        s->ready_bytes += static_cast<std::size_t>(res);
+        if (s->ready_bytes > s->unread_limit && !s->orphaned) {
+            s->pause();
+        }
     }
     if (s->what == op::recv && res == -ENOBUFS) {
         s->buffers->count_exhausted();
+    }
+    if (s->pausing && !s->armed) {
+        s->pausing = false;
+        if (res == -ECANCELED && !s->cancelled && !s->orphaned) {
+            // The end of a pause. If next() was called meanwhile (it cleared
+            // `paused`) and waits, carry on receiving.
+            if (!s->paused && s->waiter && !s->exec->stop_requested()) {
+                s->arm();
+            }
+            return;
+        }
     }
     s->ready.emplace_back(res, flags);
     if (s->orphaned) {
@@ -154,6 +184,7 @@ bool stream_ready(multishot_state* s) {
     if (s->cancelled) {
         return !s->armed;
     }
+    s->paused = false;
     if (!s->armed) {
         s->arm();
     }
@@ -173,6 +204,7 @@ expected<received> received_chunk(multishot_state* s, int res, std::uint32_t fla
         return received{};
     }
     const auto bid = static_cast<std::uint16_t>(flags >> IORING_CQE_BUFFER_SHIFT);
+    s->ready_bytes -= static_cast<std::size_t>(res);
     return received{s->buffers->data(bid, static_cast<std::size_t>(res)), bid};
 }
 

@@ -15,8 +15,11 @@
 #include "reactor/io.hh"
 #include "reactor/socket_address.hh"
 
+#include <cstdint>
 #include <deque>
+#include <limits>
 #include <span>
+#include <sys/socket.h>
 
 namespace shardd {
 
@@ -55,12 +58,23 @@ struct multishot_state : completion {
     std::deque<std::pair<int, std::uint32_t>> ready;
     bool armed = false;
     bool cancelled = false;
+    // pause(): the multishot is being cancelled until the next next(). Its
+    // -ECANCELED ending is swallowed, and re-armed at once if next() already
+    // waits.
+    bool paused = false;
+    bool pausing = false;  // the pause's cancel is in flight
+    // recv: bytes in `ready`, and the amount above which the stream pauses
+    // itself (backpressure that holds while its reader is busy elsewhere).
+    std::size_t ready_bytes = 0;
+    std::size_t unread_limit = std::numeric_limits<std::size_t>::max();
+    std::uint64_t pauses = 0;
     bool orphaned = false;
     std::coroutine_handle<> waiter;
     task_queue* queue = nullptr;
 
     void arm();
     void cancel();
+    void pause();
     void release_ready();  // hands back buffers of unread completions
     static void on_cqe(completion* c, int res, std::uint32_t flags) noexcept;
 };
@@ -95,9 +109,20 @@ public:
         }
     };
     auto next() { return next_op{_s}; }
+    // Whether next() has something at once (no suspension, no syscall).
+    bool has_ready() const noexcept { return !_s->ready.empty(); }
     // Stops the operation; next() drains what already arrived, then returns
     // errc::operation_canceled.
     void cancel() { _s->cancel(); }
+    // Stops the operation until the next call to next(), which re-arms it:
+    // backpressure. What arrived before the kernel saw the cancel is still
+    // delivered.
+    void pause() { _s->pause(); }
+    // Pauses by itself once more than `bytes` have arrived that next() has
+    // not yet returned. The reader sets it to what it may still take.
+    void limit_unread(std::size_t bytes) noexcept { _s->unread_limit = bytes; }
+    // How many times the stream paused (either way).
+    std::uint64_t pauses() const noexcept { return _s->pauses; }
 
 protected:
     explicit multishot_stream(multishot_state* s) : _s(s) {}
@@ -140,6 +165,12 @@ public:
 inline auto send_some(int fd, const void* data, std::uint32_t len) {
     return io_op(&executor::current()->main_ring(),
                  [=](io_uring_sqe* sqe) { io_uring_prep_send(sqe, fd, data, len, MSG_NOSIGNAL); });
+}
+// One sendmsg(2) with MSG_NOSIGNAL (gathers several buffers): may be short.
+// `msg` and its iovecs must live until the operation completes.
+inline auto send_msg(int fd, const msghdr* msg) {
+    return io_op(&executor::current()->main_ring(),
+                 [=](io_uring_sqe* sqe) { io_uring_prep_sendmsg(sqe, fd, msg, MSG_NOSIGNAL); });
 }
 // Sends all of `data`, continuing after short sends.
 task<expected<std::size_t>> send_all(int fd, std::span<const std::byte> data);

@@ -3,6 +3,7 @@
 #include "server/cli.hh"
 #include "server/logging.hh"
 #include "server/sd_notify.hh"
+#include "server/shard_service.hh"
 
 #include "reactor/executor_pool.hh"
 #include "reactor/io.hh"
@@ -11,8 +12,11 @@
 #include <csignal>
 #include <cstring>
 #include <latch>
+#include <poll.h>
 #include <pthread.h>
 #include <spdlog/spdlog.h>
+#include <sys/eventfd.h>
+#include <sys/resource.h>
 #include <sys/signalfd.h>
 #include <unistd.h>
 
@@ -20,22 +24,34 @@ namespace shardd::server {
 
 namespace {
 
-// A shard's main task until the services of later issues run here: log what
-// the kernel gave this shard, say it is up, then wait for the pool to stop
-// it. READY=1 goes to systemd only once every shard has said so.
-task<void> shard_main(unsigned id, std::latch& up) {
-    set_thread_label("shard " + std::to_string(id));
+// A shard's main task: log what the kernel gave this shard, then serve its
+// share of the listeners until drained. READY=1 goes to systemd only once
+// every shard serves.
+task<void> shard_main(shard_plan plan) {
+    set_thread_label("shard " + std::to_string(plan.id));
     executor* ex = executor::current();
     spdlog::info("started on CPU {}; rings: main {}, latency {}, poll {}", sched_getcpu(),
                  ex->main_ring().describe_flags(), ex->latency_ring().describe_flags(),
                  ex->poll_ring().describe_flags());
-    // Parked until stop: the pool's request_stop() ends the run loop and
-    // this frame is destroyed with the executor, on this thread.
     struct on_stop {
         ~on_stop() { spdlog::info("stopped"); }
     } log_stop;
-    up.count_down();
-    co_await sleep_for(std::chrono::hours(24 * 365));
+    co_await run_shard(plan);
+}
+
+// Descriptors: a server holds one per connection, and the soft limit
+// (1024 under systemd) is far below what max_connections allows. Raise it to
+// the hard limit, as nginx's worker_rlimit_nofile and Go's runtime do.
+void raise_fd_limit() {
+    rlimit rl{};
+    if (getrlimit(RLIMIT_NOFILE, &rl) != 0 || rl.rlim_cur >= rl.rlim_max) {
+        return;
+    }
+    const rlim_t before = rl.rlim_cur;
+    rl.rlim_cur = rl.rlim_max;
+    if (setrlimit(RLIMIT_NOFILE, &rl) == 0) {
+        spdlog::debug("file descriptor limit raised from {} to {}", before, rl.rlim_max);
+    }
 }
 
 executor_builder builder_from(const config::runtime_config& rt) {
@@ -122,10 +138,51 @@ void reload(config::config& running, const cpu_set& shard_cpus, const daemon_opt
     sd_notify("READY=1");
 }
 
+// eventfds the main thread and the shards signal each other with: one per
+// shard to start its drain, one the shards count their exits on.
+struct drain_signals {
+    std::vector<int> drain;
+    int done = -1;
+    ~drain_signals() {
+        for (int fd : drain) {
+            close(fd);
+        }
+        if (done >= 0) {
+            close(done);
+        }
+    }
+    bool create(std::size_t shards) {
+        done = eventfd(0, EFD_CLOEXEC);
+        for (std::size_t i = 0; i < shards; ++i) {
+            drain.push_back(eventfd(0, EFD_CLOEXEC));
+        }
+        return done >= 0 && std::find(drain.begin(), drain.end(), -1) == drain.end();
+    }
+    void start_drain() const {
+        const std::uint64_t one = 1;
+        for (int fd : drain) {
+            if (::write(fd, &one, sizeof(one)) != sizeof(one)) {
+                spdlog::error("cannot signal a shard to drain: {}", std::strerror(errno));
+            }
+        }
+    }
+};
+
+void log_counters(const std::vector<shard_counters>& counters) {
+    std::uint64_t accepted = 0;
+    std::uint64_t bytes = 0;
+    for (const auto& c : counters) {
+        accepted += c.accepted.get();
+        bytes += c.bytes_in.get();
+    }
+    spdlog::info("served {} connection{}, {} bytes echoed in total", accepted, accepted == 1 ? "" : "s", bytes);
+}
+
 }  // namespace
 
 int run_daemon(config::config cfg, const cpu_set& cpus, const daemon_options& opts) {
     log_settings(cfg, cpus, opts.config_path);
+    raise_fd_limit();
 
     // Block the signals we handle before any thread starts, so every thread
     // inherits the mask and they all arrive at the signalfd below.
@@ -145,24 +202,84 @@ int run_daemon(config::config cfg, const cpu_set& cpus, const daemon_options& op
         spdlog::critical("signalfd: {}", std::strerror(errno));
         return exit_failure;
     }
+    struct close_fd {
+        int fd;
+        ~close_fd() { close(fd); }
+    } close_sfd{sfd};
 
-    std::latch shards_up(static_cast<std::ptrdiff_t>(cpus.size()));
-    auto pool = executor_pool::start(cpus, builder_from(cfg.runtime),
-                                     [&shards_up](unsigned id) { return shard_main(id, shards_up); });
+    const std::size_t shards = cpus.size();
+    drain_signals signals;
+    if (!signals.create(shards)) {
+        spdlog::critical("eventfd: {}", std::strerror(errno));
+        return exit_failure;
+    }
+    auto listeners = bind_listeners(cfg, shards);
+    if (!listeners) {
+        spdlog::critical("{}", listeners.error());
+        return exit_failure;
+    }
+    struct close_unused {
+        std::vector<bound_listener>& l;
+        ~close_unused() { close_listeners(l); }
+    } close_listeners_guard{*listeners};
+
+    std::vector<shard_counters> counters(shards);
+    std::vector<std::string> errors(shards);
+    std::latch shards_up(static_cast<std::ptrdiff_t>(shards));
+    auto pool = executor_pool::start(cpus, builder_from(cfg.runtime), [&](unsigned id) {
+        shard_plan plan;
+        plan.id = id;
+        plan.cfg = &cfg;
+        plan.listeners = &*listeners;
+        plan.counters = &counters[id];
+        plan.drain_fd = signals.drain[id];
+        plan.done_fd = signals.done;
+        plan.up = &shards_up;
+        plan.error = &errors[id];
+        return shard_main(plan);
+    });
     if (!pool) {
         spdlog::critical("cannot start the shards: {}", pool.error());
-        close(sfd);
         return exit_failure;
     }
     shards_up.wait();
+    for (std::size_t i = 0; i < shards; ++i) {
+        if (!errors[i].empty()) {
+            spdlog::critical("shard {}: {}", i, errors[i]);
+            (*pool)->stop();
+            return exit_failure;
+        }
+    }
     spdlog::info("ready: {} shard{} running", (*pool)->size(), (*pool)->size() == 1 ? "" : "s");
     sd_notify("READY=1\nSTATUS=serving on " + std::to_string((*pool)->size()) +
               " shards\nMAINPID=" + std::to_string(getpid()));
 
+    // Until a stop signal: signals. Then, while the shards drain: signals
+    // (a second SIGTERM/SIGINT stops at once) and the shards' exits.
     int status = exit_ok;
-    for (bool running = true; running;) {
+    bool draining = false;
+    std::uint64_t shards_done = 0;
+    while (shards_done < shards) {
+        pollfd fds[2] = {{sfd, POLLIN, 0}, {signals.done, POLLIN, 0}};
+        if (poll(fds, draining ? 2 : 1, -1) < 0) {
+            if (errno == EINTR) {
+                continue;
+            }
+            spdlog::critical("poll: {}", std::strerror(errno));
+            status = exit_failure;
+            break;
+        }
+        if (draining && (fds[1].revents & POLLIN)) {
+            std::uint64_t n = 0;
+            if (::read(signals.done, &n, sizeof(n)) == sizeof(n)) {
+                shards_done += n;
+            }
+        }
+        if (!(fds[0].revents & POLLIN)) {
+            continue;
+        }
         signalfd_siginfo si{};
-        const ssize_t n = read(sfd, &si, sizeof(si));
+        const ssize_t n = ::read(sfd, &si, sizeof(si));
         if (n < 0 && errno == EINTR) {
             continue;
         }
@@ -171,23 +288,30 @@ int run_daemon(config::config cfg, const cpu_set& cpus, const daemon_options& op
             status = exit_failure;
             break;
         }
-        switch (si.ssi_signo) {
-        case SIGINT:
-        case SIGTERM:
-            spdlog::info("SIG{} received: stopping", sigabbrev_np(static_cast<int>(si.ssi_signo)));
-            running = false;
-            break;
-        case SIGHUP:
-            spdlog::info("SIGHUP received: reloading {}", opts.config_path);
-            reload(cfg, cpus, opts);
-            break;
-        case SIGUSR1: spdlog::info("SIGUSR1 received: logs go to stderr, nothing to reopen"); break;
-        default: break;
+        const int sig = static_cast<int>(si.ssi_signo);
+        if (sig == SIGINT || sig == SIGTERM) {
+            if (draining) {
+                spdlog::warn("SIG{} received again: stopping now", sigabbrev_np(sig));
+                break;
+            }
+            spdlog::info("SIG{} received: draining (shutdown_timeout {})", sigabbrev_np(sig),
+                         config::format_duration(cfg.runtime.shutdown_timeout));
+            sd_notify("STOPPING=1");
+            draining = true;
+            signals.start_drain();
+        } else if (sig == SIGHUP) {
+            if (draining) {
+                spdlog::info("SIGHUP received while draining: ignored");
+            } else {
+                spdlog::info("SIGHUP received: reloading {}", opts.config_path);
+                reload(cfg, cpus, opts);
+            }
+        } else if (sig == SIGUSR1) {
+            spdlog::info("SIGUSR1 received: logs go to stderr, nothing to reopen");
         }
     }
-    sd_notify("STOPPING=1");
     (*pool)->stop();
-    close(sfd);
+    log_counters(counters);
     spdlog::info("stopped");
     return status;
 }

@@ -97,7 +97,7 @@ TEST_CASE("one pinned, named thread per CPU; READY, then SIGTERM exits 0", "[dae
     CHECK_THAT(r->err,
                Catch::Contains("[shard 0] started on CPU " + std::to_string(allowed->cpus()[0]) + "; rings: main "));
     CHECK_THAT(r->err, Catch::Contains("[shard 0] stopped"));
-    CHECK_THAT(r->err, Catch::Contains("[main] SIGTERM received: stopping"));
+    CHECK_THAT(r->err, Catch::Contains("[main] SIGTERM received: draining"));
     // Every line names its thread.
     for (const auto& line : lines_of(r->err)) {
         INFO(line);

@@ -35,7 +35,9 @@ public:
     }
     std::size_t size() const noexcept { return _size; }
     // Destroys every listed coroutine frame (and, through their task<T>
-    // members, every frame they await).
+    // members, every frame they await). Newest first: a task outlives the
+    // tasks it spawned, so what it owns and lends them (a buffer ring, a
+    // connection list) is still there while their frames are destroyed.
     void destroy_all() noexcept {
         while (_head) {
             root_node* n = _head;

@@ -1,0 +1,50 @@
+#pragma once
+// Per-shard service counters. Written only by their shard, read by others
+// (the main thread at exit, the admin endpoint later).
+
+#include <atomic>
+#include <cstdint>
+#include <string>
+
+namespace shardd::server {
+
+// A counter with one writer. add() is a relaxed load and store, not a locked
+// read-modify-write: on x86 it compiles to a plain add, and readers on other
+// cores still see whole values (never torn), a little late at worst.
+class shard_counter {
+public:
+    void add(std::uint64_t n = 1) noexcept {
+        _v.store(_v.load(std::memory_order_relaxed) + n, std::memory_order_relaxed);
+    }
+    std::uint64_t get() const noexcept { return _v.load(std::memory_order_relaxed); }
+
+private:
+    std::atomic<std::uint64_t> _v{0};
+};
+
+// alignas(64): one cache line (or more) per shard, so that a shard bumping
+// its counters never invalidates the line holding another shard's, and a
+// reader on another core only ever pulls lines, never fights over them.
+struct alignas(64) shard_counters {
+    shard_counter accepted;
+    shard_counter closed;
+    // Accepted and closed at once: the listener was at max_connections.
+    shard_counter refused;
+    shard_counter bytes_in;
+    shard_counter bytes_out;
+    // Receives that found the shard's buffer ring empty (-ENOBUFS).
+    shard_counter enobufs;
+    // Times a connection stopped receiving because max_pending was reached.
+    shard_counter backpressure_pauses;
+    // accept() failed for lack of file descriptors or memory: timer back-off.
+    shard_counter accept_backoffs;
+    shard_counter idle_closed;
+    // Connections that ended in an error (reset, broken pipe) or broke the
+    // protocol.
+    shard_counter errors;
+
+    std::uint64_t active() const noexcept { return accepted.get() - closed.get(); }
+    std::string summary() const;
+};
+
+}  // namespace shardd::server

@@ -1,0 +1,63 @@
+#include "server/listeners.hh"
+
+#include "reactor/net.hh"
+
+#include <spdlog/spdlog.h>
+#include <unistd.h>
+
+namespace shardd::server {
+
+expected<std::vector<bound_listener>, std::string> bind_listeners(const config::config& cfg, std::size_t shards) {
+    std::vector<bound_listener> out;
+    auto fail = [&out](std::string why) {
+        close_listeners(out);
+        return unexpected{std::move(why)};
+    };
+    for (const auto& l : cfg.listeners) {
+        if (l.mode != config::listener_mode::echo) {
+            spdlog::warn("listener {}: proxy mode is not implemented in this release; not listening", l.name);
+            continue;
+        }
+        bound_listener& b = out.emplace_back();
+        b.cfg = &l;
+        b.fds.resize(shards);
+        listen_options opts;
+        opts.backlog = static_cast<int>(l.backlog);
+        for (socket_address addr : l.listen) {
+            for (std::size_t shard = 0; shard < shards; ++shard) {
+                auto fd = listen_socket(addr, opts);
+                if (!fd) {
+                    return fail("listener " + l.name + ": cannot listen on " + addr.to_string() + ": " +
+                                fd.error().message());
+                }
+                b.fds[shard].push_back(*fd);
+                if (shard == 0 && addr.port() == 0) {
+                    auto bound = local_address(*fd);
+                    if (!bound) {
+                        return fail("listener " + l.name + ": getsockname: " + bound.error().message());
+                    }
+                    addr.set_port(bound->port());
+                }
+            }
+            b.addresses.push_back(addr);
+            spdlog::info("listening on {} (listener {}, {}/{}, {} shard{})", addr.to_string(), l.name,
+                         config::to_string(l.mode), config::to_string(l.protocol), shards, shards == 1 ? "" : "s");
+        }
+    }
+    return out;
+}
+
+void close_listeners(std::vector<bound_listener>& listeners) {
+    for (auto& b : listeners) {
+        for (auto& per_shard : b.fds) {
+            for (int fd : per_shard) {
+                if (fd >= 0) {
+                    ::close(fd);
+                }
+            }
+            per_shard.clear();
+        }
+    }
+}
+
+}  // namespace shardd::server

@@ -1,0 +1,44 @@
+#pragma once
+// Listening sockets for every [[listener]], one per shard and address,
+// bound by the main thread before the shards start (so that a port in use
+// fails the start with a clear message, before READY=1).
+//
+// Every shard gets its own socket on the same address (SO_REUSEPORT): the
+// kernel hashes each new connection to one of them, and that shard alone
+// serves it. Port 0 (tests): the first socket binds, the others take the
+// port it got.
+
+#include "config/config.hh"
+
+#include <atomic>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+namespace shardd::server {
+
+// State one listener shares between its shards: the connection count that
+// max_connections bounds for the listener as a whole. Touched once per
+// accept and per close, never per byte; alignas(64) keeps it off the lines
+// of anything a shard writes per message.
+struct alignas(64) listener_shared {
+    std::atomic<std::uint64_t> connections{0};
+};
+
+struct bound_listener {
+    const config::listener_config* cfg = nullptr;
+    std::vector<socket_address> addresses;  // as bound: port 0 resolved
+    std::vector<std::vector<int>> fds;      // [shard][address]
+    std::unique_ptr<listener_shared> shared = std::make_unique<listener_shared>();
+};
+
+// Binds every echo listener on `shards` sockets per address. On failure
+// closes what it opened and says which listener and address failed.
+// Proxy listeners are skipped with a warning until the proxy lands.
+expected<std::vector<bound_listener>, std::string> bind_listeners(const config::config& cfg, std::size_t shards);
+
+// Closes every socket still listed (those no shard took over).
+void close_listeners(std::vector<bound_listener>& listeners);
+
+}  // namespace shardd::server

@@ -1,0 +1,39 @@
+#pragma once
+// What one shard serves: its share of every listener (its own listening
+// sockets, multishot accept), the echo connections it accepted, their idle
+// sweep, and the graceful drain.
+//
+// Nothing here is shared with other shards except each listener's
+// connection count (listener_shared, once per accept and close).
+
+#include "config/config.hh"
+#include "server/counters.hh"
+#include "server/listeners.hh"
+
+#include "reactor/task.hh"
+
+#include <latch>
+#include <string>
+#include <vector>
+
+namespace shardd::server {
+
+struct shard_plan {
+    unsigned id = 0;
+    const config::config* cfg = nullptr;
+    std::vector<bound_listener>* listeners = nullptr;  // this shard takes fds[id]
+    shard_counters* counters = nullptr;
+    // The main thread writes 1 here to start the drain (SIGTERM/SIGINT).
+    int drain_fd = -1;
+    // This shard writes 1 here when it has drained and is done.
+    int done_fd = -1;
+    // Counted down once the shard serves (or failed to start: `error`).
+    std::latch* up = nullptr;
+    std::string* error = nullptr;
+};
+
+// Serves until drained. Returns when every connection has closed (or was
+// closed at shutdown_timeout).
+task<void> run_shard(shard_plan plan);
+
+}  // namespace shardd::server
