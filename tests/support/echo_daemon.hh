@@ -1,0 +1,68 @@
+#pragma once
+// Test support: shardd serving echo listeners on ephemeral loopback ports,
+// started through the real binary and waited for with systemd's READY=1; and
+// blocking socket helpers with deadlines (never sleeps).
+//
+//   echo_daemon d(echo_config(R"([[listener]] ... listen = ["127.0.0.1:0"] ...)"));
+//   int fd = d.connect();          // to the first address it listens on
+//   send_all(fd, data); auto back = recv_exact(fd, data.size());
+
+#include "tests/support/process.hh"
+
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+namespace shardd::test {
+
+// A config with [runtime]/[log] defaults suitable for tests, plus `listeners`
+// (TOML text of one or more [[listener]] tables). `runtime_extra` lands in
+// [runtime] (e.g. "shutdown_timeout = \"2s\"").
+std::string echo_config(const std::string& listeners, const std::string& runtime_extra = "");
+
+class echo_daemon {
+public:
+    // Writes `config_toml` to a temporary file and starts shardd on it;
+    // `shell_prefix` (e.g. "ulimit -n 64") runs in /bin/sh first. Throws if
+    // READY=1 does not come.
+    explicit echo_daemon(const std::string& config_toml, const std::string& shell_prefix = "");
+
+    daemon_process& process() { return *_process; }
+    int pid() const { return _process->pid(); }
+    // "127.0.0.1:41234", "[::1]:41235", in the order the daemon logged them.
+    const std::vector<std::string>& addresses() const { return _addresses; }
+    // A blocking TCP socket connected to addresses()[index]; throws on error.
+    int connect(std::size_t index = 0) const;
+    // SIGTERM, then wait for exit.
+    std::optional<run_result> stop(std::chrono::milliseconds timeout = default_timeout);
+
+private:
+    std::unique_ptr<temp_file> _config;
+    std::unique_ptr<notify_socket> _notify;
+    std::unique_ptr<daemon_process> _process;
+    std::vector<std::string> _addresses;
+};
+
+// Connects a blocking TCP socket to "HOST:PORT" ("[::1]:PORT" for IPv6).
+int connect_to(const std::string& address);
+
+// Writes all of `data` (blocking), or returns false on an error.
+bool send_all(int fd, const std::string& data);
+// Reads exactly `n` bytes, or fewer if the peer closes or errs, or the
+// deadline passes first.
+std::string recv_exact(int fd, std::size_t n, std::chrono::milliseconds timeout = default_timeout);
+// Reads until EOF (returns true) or error/deadline (false); appends to `out`.
+bool recv_until_eof(int fd, std::string& out, std::chrono::milliseconds timeout = default_timeout);
+
+// Bytes that vary with `seed` and position: a shifted or corrupted echo
+// never matches by accident.
+std::string pattern(std::size_t n, std::uint64_t seed);
+
+// Resident set size of a process, KiB (VmRSS).
+std::size_t rss_kib(int pid);
+// utime + stime of a process, in clock ticks.
+std::uint64_t cpu_ticks(int pid);
+
+}  // namespace shardd::test
