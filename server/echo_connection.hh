@@ -8,10 +8,13 @@
 // sent. One send is in flight at a time, so bytes leave in the order they
 // came; short sends continue where they stopped.
 //
-// Backpressure: bytes received but not yet sent back (held buffers plus
-// completions not yet looked at) never exceed max_pending by more than one
-// buffer: above it the receive is paused (the multishot cancelled), and the
-// peer's TCP window closes, until sends drain it.
+// Backpressure: once bytes received but not yet sent back (held buffers
+// plus completions not yet looked at) pass max_pending, the receive is
+// paused (the multishot cancelled) and the peer's TCP window closes until
+// sends drain them. The pause lands after what the kernel already moved in
+// that io_uring_enter: a multishot receive drains the socket's queue in
+// rounds of up to 32 buffers, so a connection can briefly hold more than
+// max_pending, never more than the shard's buffer ring.
 
 #include "config/config.hh"
 #include "server/counters.hh"
