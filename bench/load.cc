@@ -74,6 +74,13 @@ struct connection {
     std::uint64_t seq = 0;
     bool failed = false;
     bool sending_done = false;
+    // Set at the end of the measured time, so that a sender waiting for
+    // replies from a server that stopped answering gives up.
+    bool time_up = false;
+    void stop_sending() {
+        time_up = true;
+        sender.notify();
+    }
     wake_slot sender;
 
     void fail(std::uint64_t shard_result::*counter, const std::string& why) {
@@ -225,10 +232,10 @@ struct connection {
             } else if (clock::now() >= plan.stop) {
                 break;
             }
-            while (flight.size() >= window && !failed) {
+            while (flight.size() >= window && !failed && !time_up) {
                 co_await sender.wait();
             }
-            if (failed) {
+            if (failed || time_up) {
                 break;
             }
             const std::uint32_t size = pick_size(rng);
@@ -317,10 +324,27 @@ task<void> run_shard(const run_plan& plan, unsigned shard, unsigned shards, shar
     }
     bool finished = false;
     auto reporter = ex->spawn(publish_p99(out, live, finished));
+    // At the stop time, wake senders still waiting for replies.
+    sleep_op* stop_timer = nullptr;
+    auto stopper = ex->spawn([](clock::time_point at, std::deque<connection>& conns, sleep_op*& slot) -> task<void> {
+        sleep_op s = sleep_until(at);
+        slot = &s;
+        const bool expired = co_await s;
+        slot = nullptr;
+        if (expired) {
+            for (auto& c : conns) {
+                c.stop_sending();
+            }
+        }
+    }(plan.stop, conns, stop_timer));
     for (auto& r : running) {
         co_await r;
     }
     finished = true;
+    if (stop_timer) {
+        stop_timer->cancel();
+    }
+    co_await stopper;
     co_await reporter;
     live.p99_ns.store(out.latency.percentile(99), std::memory_order_relaxed);
     live.done.store(true);

@@ -36,7 +36,9 @@ parse_outcome parse_options(int argc, char** argv) {
   shardd-bench -c 64 --size 4KiB --duration 30s [::1]:7007
   shardd-bench --size 64-1500 --rate 50000 127.0.0.1:7007  open loop: 50k msg/s, latency from the intended send time
   shardd-bench --protocol sockperf --json 127.0.0.1:11111  drive a sockperf server; JSON report
-Exit status: 0 ok, 1 verification errors or no connection served, 64 bad command line.)");
+Exit status: 0 ok; 1 if any byte failed verification, no connection succeeded, a connection was
+reset or closed early, or messages went unanswered (the numbers then describe a failing server);
+64 bad command line.)");
     std::string target;
     std::string proto = "raw";
     std::string cpus;

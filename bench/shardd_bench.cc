@@ -148,7 +148,11 @@ int main(int argc, char** argv) {
     const double mb_rate = static_cast<double>(total.bytes) / secs / 1e6;
     const double cpu_used = (cpu_at_stop - cpu_at_measure) / secs;  // cores
     const auto& h = total.latency;
-    const bool ok = total.verification_errors == 0 && total.connected > 0;
+    // A run is a result only if every byte checked out and the server kept
+    // every connection and answered every message: otherwise the numbers
+    // describe a partial, failing server.
+    const bool ok = total.verification_errors == 0 && total.connected > 0 && total.resets == 0 &&
+                    total.early_closes == 0 && total.messages > 0 && total.unanswered == 0;
 
     if (o.json) {
         std::ostringstream js;
@@ -178,10 +182,11 @@ int main(int argc, char** argv) {
                     human_ns(h.percentile(50)).c_str(), human_ns(h.percentile(90)).c_str(),
                     human_ns(h.percentile(99)).c_str(), human_ns(h.percentile(99.9)).c_str(),
                     human_ns(h.percentile(99.99)).c_str(), human_ns(h.max()).c_str());
-        std::printf("  errors     connect %llu, resets %llu, closed early %llu, verification %llu\n",
+        std::printf("  errors     connect %llu, resets %llu, closed early %llu, verification %llu, unanswered %llu\n",
                     static_cast<unsigned long long>(total.connect_errors),
                     static_cast<unsigned long long>(total.resets), static_cast<unsigned long long>(total.early_closes),
-                    static_cast<unsigned long long>(total.verification_errors));
+                    static_cast<unsigned long long>(total.verification_errors),
+                    static_cast<unsigned long long>(total.unanswered));
         if (o.rate > 0) {
             std::printf("  open loop  %llu sends behind schedule%s\n",
                         static_cast<unsigned long long>(total.behind_schedule),
@@ -195,6 +200,12 @@ int main(int argc, char** argv) {
     }
     if (total.connected == 0) {
         std::cerr << "shardd-bench: no connection to " << o.target.to_string() << " succeeded\n";
+    } else if (total.unanswered > 0) {
+        std::cerr << "shardd-bench: " << total.unanswered << " message" << (total.unanswered == 1 ? "" : "s")
+                  << " got no reply within 2 s of the end: the server stopped answering"
+                  << (o.proto == protocol::raw ? "" : " (or does not speak the sockperf protocol)") << "\n";
+    } else if (total.messages == 0) {
+        std::cerr << "shardd-bench: no message completed in the measured time\n";
     }
     return ok ? 0 : 1;
 }

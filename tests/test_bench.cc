@@ -19,7 +19,7 @@ using namespace shardd::test;
 
 namespace {
 
-enum class fault { none, flip_byte, drop_byte, die };
+enum class fault { none, flip_byte, drop_byte, die, mute };
 
 // Echoes every connection from its own thread. After `fault_after` bytes of a
 // connection, applies `f` once.
@@ -79,6 +79,9 @@ private:
                 } else if (_fault == fault::die) {
                     break;  // close mid-stream, replies outstanding
                 }
+            }
+            if (faulted && _fault == fault::mute) {
+                continue;  // keeps reading, never answers again
             }
             total += static_cast<std::size_t>(n);
             for (std::size_t sent = 0; sent < len;) {
@@ -154,6 +157,15 @@ TEST_CASE("a server that dies mid-run gives a clear error, not a hang", "[bench]
     INFO(r.err);
     CHECK(json_number(r.out, "early_closes") == 1);
     CHECK_THAT(r.err, Catch::Contains("the server closed the connection"));
+}
+
+TEST_CASE("a server that stops answering: the run ends on time, exit 1, says so", "[bench]") {
+    echo_server server(fault::mute, 20000);
+    auto r = bench({"-c", "2"}, server.address());
+    INFO(r.err);
+    CHECK(r.exit_code == 1);
+    CHECK(json_number(r.out, "unanswered") >= 1);
+    CHECK_THAT(r.err, Catch::Contains("got no reply"));
 }
 
 TEST_CASE("a refused connection is reported and exits 1", "[bench]") {
