@@ -111,6 +111,18 @@ public:
     // True when latency-class work is waiting: the latency ring has a CQE (a
     // latency I/O, an eventfd wake-up or the preemption timer). Two loads.
     bool need_preempt() const noexcept { return _latency->has_work(); }
+    // For a running task that asks whether to yield (yield_if_needed()): as
+    // need_preempt(), and starts the preemption timer if it is not running,
+    // so that a task that keeps asking is told to yield within
+    // preempt_timer. Only such tasks pay for the timer: arming it for every
+    // slice cost a request/response server two extra io_uring_enter calls
+    // and a spurious wake-up per message (the timer fired while it slept).
+    bool should_yield() {
+        if (!_preempt_armed) [[unlikely]] {
+            arm_preempt_timer();
+        }
+        return need_preempt();
+    }
 
     void add_work_source(work_source* s) { _sources.push_back(s); }
 
@@ -156,6 +168,7 @@ private:
     bool run_one_slice();
     void park();
     void arm_preempt_timer();
+    nanoseconds preempt_period() const noexcept;
     void arm_eventfd_read();
     void arm_latency_poll();
     void drain_for_shutdown();
@@ -193,6 +206,9 @@ private:
     std::uint64_t _eventfd_value = 0;
     __kernel_timespec _preempt_ts{};
     bool _eventfd_armed = false;
+    // The main ring was just entered with GETEVENTS (park's wait returned)
+    // and nothing ran since: the next poll_io() reaps without entering again.
+    bool _main_fresh = false;
     bool _latency_poll_armed = false;
     bool _preempt_armed = false;
 

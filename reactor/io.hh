@@ -167,7 +167,7 @@ inline sleep_op sleep_until(std::chrono::steady_clock::time_point deadline) {
 // always, for yield()). The task goes to the back of its queue.
 struct [[nodiscard]] yield_op {
     bool force;
-    bool await_ready() const noexcept { return !force && !executor::current()->need_preempt(); }
+    bool await_ready() const { return !force && !executor::current()->should_yield(); }
     void await_suspend(std::coroutine_handle<> h) const {
         executor* ex = executor::current();
         ex->schedule(h, ex->current_queue());
