@@ -28,6 +28,9 @@ constexpr std::uint16_t recv_group = 1;
 constexpr std::size_t open_loop_max_in_flight = 4096;
 // After the measured time, how long replies still in flight may take.
 constexpr auto drain_grace = std::chrono::seconds(2);
+// Closed loop: messages that fit in the window go out together, up to this
+// many bytes per send (at least one message).
+constexpr std::size_t batch_bytes = 64 * 1024;
 
 struct in_flight {
     std::uint64_t stream_offset;  // of the message's first byte
@@ -208,10 +211,29 @@ struct connection {
         return static_cast<std::uint32_t>(std::uniform_int_distribution<std::size_t>(o.size_min, o.size_max)(rng));
     }
 
+    // Writes message `m` (header and pattern) at `out`.
+    void build(const in_flight& m, std::byte* out) const {
+        if (plan.opts->proto == protocol::sockperf) {
+            const std::uint64_t s = htobe64(m.seq);
+            const std::uint16_t f = htobe16(flag_client | flag_pong_request);
+            const std::uint32_t l = htobe32(m.size);
+            std::memcpy(out, &s, 8);
+            std::memcpy(out + 8, &f, 2);
+            std::memcpy(out + 10, &l, 4);
+            plan.bytes->fill(id, m.stream_offset + sockperf_header, out + sockperf_header, m.size - sockperf_header);
+        } else {
+            plan.bytes->fill(id, m.stream_offset, out, m.size);
+        }
+    }
+
     task<void> send(std::mt19937_64& rng) {
         const auto& o = *plan.opts;
-        std::vector<std::byte> buf(o.size_max);
         const bool open_loop = o.rate > 0;
+        // Closed loop: every message the window has room for goes out in
+        // one send, as a pipelining client does (and as a reply arrives,
+        // the next request leaves at once).
+        const std::size_t batch_max = open_loop ? 1 : std::max<std::size_t>(1, batch_bytes / o.size_max);
+        std::vector<std::byte> buf(o.size_max * std::min<std::size_t>(batch_max, o.depth));
         const auto interval =
             open_loop
                 ? std::chrono::nanoseconds(static_cast<std::int64_t>(1e9 * static_cast<double>(o.connections) / o.rate))
@@ -238,22 +260,17 @@ struct connection {
             if (failed || time_up) {
                 break;
             }
-            const std::uint32_t size = pick_size(rng);
-            in_flight m{tx_offset, seq++, size, open_loop ? intended : clock::now()};
-            if (o.proto == protocol::sockperf) {
-                const std::uint64_t s = htobe64(m.seq);
-                const std::uint16_t f = htobe16(flag_client | flag_pong_request);
-                const std::uint32_t l = htobe32(size);
-                std::memcpy(buf.data(), &s, 8);
-                std::memcpy(buf.data() + 8, &f, 2);
-                std::memcpy(buf.data() + 10, &l, 4);
-                plan.bytes->fill(id, tx_offset + sockperf_header, buf.data() + sockperf_header, size - sockperf_header);
-            } else {
-                plan.bytes->fill(id, tx_offset, buf.data(), size);
+            const std::size_t count = std::min({window - flight.size(), batch_max, buf.size() / o.size_max});
+            const auto now = clock::now();
+            std::size_t len = 0;
+            for (std::size_t i = 0; i < count; ++i) {
+                in_flight m{tx_offset, seq++, pick_size(rng), open_loop ? intended : now};
+                build(m, buf.data() + len);
+                tx_offset += m.size;
+                len += m.size;
+                flight.push_back(m);
             }
-            tx_offset += size;
-            flight.push_back(m);
-            auto sent = co_await send_all(fd, std::span<const std::byte>(buf.data(), size));
+            auto sent = co_await send_all(fd, std::span<const std::byte>(buf.data(), len));
             if (!sent) {
                 fail(&shard_result::resets, "send failed: " + sent.error().message());
             }

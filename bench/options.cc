@@ -51,7 +51,8 @@ reset or closed early, or messages went unanswered (the numbers then describe a 
     app.add_option("--cpus", cpus, "client CPUs, one executor each (default: all this process may use)");
     app.add_option("-c,--connections", o.connections, "connections, spread over the executors")
         ->check(CLI::Range(1u, 1000000u));
-    app.add_option("-d,--depth", o.depth, "messages in flight per connection (closed loop)")
+    app.add_option("-d,--depth", o.depth,
+                   "messages in flight per connection (closed loop); those the window has room for leave in one send")
         ->check(CLI::Range(1u, 4096u));
     app.add_option("-s,--size", size, "message size, or MIN-MAX for uniformly random sizes (64, 4KiB, 64-1500)");
     app.add_option("--duration", duration, "measured time (10s)");
