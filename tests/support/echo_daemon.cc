@@ -1,5 +1,7 @@
 #include "tests/support/echo_daemon.hh"
 
+#include "reactor/socket_address.hh"
+
 #include <arpa/inet.h>
 #include <cerrno>
 #include <chrono>
@@ -66,34 +68,15 @@ std::optional<run_result> echo_daemon::stop(std::chrono::milliseconds timeout) {
 }
 
 int connect_to(const std::string& address) {
-    const auto colon = address.rfind(':');
-    std::string host = address.substr(0, colon);
-    const int port = std::stoi(address.substr(colon + 1));
-    sockaddr_storage ss{};
-    socklen_t len = 0;
-    if (!host.empty() && host.front() == '[') {
-        host = host.substr(1, host.size() - 2);
-        auto* sin6 = reinterpret_cast<sockaddr_in6*>(&ss);
-        sin6->sin6_family = AF_INET6;
-        sin6->sin6_port = htons(static_cast<std::uint16_t>(port));
-        if (inet_pton(AF_INET6, host.c_str(), &sin6->sin6_addr) != 1) {
-            throw std::runtime_error("bad address " + address);
-        }
-        len = sizeof(sockaddr_in6);
-    } else {
-        auto* sin = reinterpret_cast<sockaddr_in*>(&ss);
-        sin->sin_family = AF_INET;
-        sin->sin_port = htons(static_cast<std::uint16_t>(port));
-        if (inet_pton(AF_INET, host.c_str(), &sin->sin_addr) != 1) {
-            throw std::runtime_error("bad address " + address);
-        }
-        len = sizeof(sockaddr_in);
+    auto addr = socket_address::parse(address);
+    if (!addr) {
+        throw std::runtime_error("bad address " + address + ": " + addr.error());
     }
-    const int fd = socket(ss.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    const int fd = socket(addr->family(), SOCK_STREAM | SOCK_CLOEXEC, 0);
     if (fd < 0) {
         throw std::runtime_error(std::string("socket: ") + std::strerror(errno));
     }
-    if (::connect(fd, reinterpret_cast<sockaddr*>(&ss), len) != 0) {
+    if (::connect(fd, addr->get(), addr->length()) != 0) {
         const int e = errno;
         close(fd);
         throw std::runtime_error("connect " + address + ": " + std::strerror(e));
