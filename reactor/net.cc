@@ -1,5 +1,7 @@
 #include "reactor/net.hh"
 
+#include <algorithm>
+#include <atomic>
 #include <cerrno>
 #include <netinet/tcp.h>
 #include <sys/socket.h>
@@ -70,12 +72,32 @@ std::error_code set_nodelay(int fd, bool on) { return set_int_option(fd, IPPROTO
 
 namespace internal {
 
+namespace {
+// Whether the kernel takes a byte limit for multishot receives. Learnt once
+// per process from the first -EINVAL; every shard reads it.
+std::atomic<bool> multishot_limit_supported{true};
+}  // namespace
+
 void multishot_state::arm() {
     io_uring_sqe* sqe = on->get_sqe();
     if (what == op::accept) {
         io_uring_prep_multishot_accept(sqe, fd, nullptr, nullptr, SOCK_CLOEXEC);
     } else {
-        io_uring_prep_recv_multishot(sqe, fd, nullptr, 0, 0);
+        if (pull) {
+            // One buffer, then the consumer asks again: nothing is taken
+            // from the socket that the consumer did not ask for.
+            io_uring_prep_recv(sqe, fd, nullptr, 0, 0);
+        } else {
+            io_uring_prep_recv_multishot(sqe, fd, nullptr, 0, 0);
+            limited = unread_limit != std::numeric_limits<std::size_t>::max() &&
+                      multishot_limit_supported.load(std::memory_order_relaxed);
+            if (limited) {
+                // The kernel ends the multishot once this many bytes came
+                // in (sqe->optlen, which shares its place with file_index
+                // in liburing 2.3's struct): backpressure without a race.
+                sqe->file_index = static_cast<std::uint32_t>(std::clamp<std::size_t>(unread_limit, 1, UINT32_MAX));
+            }
+        }
         sqe->flags |= IOSQE_BUFFER_SELECT;
         sqe->buf_group = buffers->group();
     }
@@ -104,6 +126,7 @@ void multishot_state::pause() {
         return;
     }
     paused = true;
+    pull = what == op::recv;
     ++pauses;
     if (armed && !pausing) {
         pausing = true;
@@ -129,6 +152,19 @@ void multishot_state::on_cqe(completion* c, int res, std::uint32_t flags) noexce
     auto* s = static_cast<multishot_state*>(c);
     if (!(flags & IORING_CQE_F_MORE)) {
         s->armed = false;
+    }
+    if (s->limited && res == -EINVAL && !s->armed) {
+        // A kernel without the multishot byte limit: do without it from
+        // now on (pause() still holds the bound, less tightly).
+        multishot_limit_supported.store(false, std::memory_order_relaxed);
+        s->limited = false;
+        if (s->waiter && !s->cancelled && !s->orphaned) {
+            s->arm();
+        }
+        return;
+    }
+    if (s->what == op::recv && s->pull && res >= 0 && static_cast<std::size_t>(res) < s->buffers->buffer_size()) {
+        s->pull = false;  // a short read: the socket's queue is empty
     }
     if (s->what == op::recv && res > 0 && (flags & IORING_CQE_F_BUFFER)) {
         s->buffers->taken();

@@ -63,6 +63,14 @@ struct multishot_state : completion {
     // waits.
     bool paused = false;
     bool pausing = false;  // the pause's cancel is in flight
+    // After a pause, receive one buffer per next() (one-shot receives)
+    // until one comes back short, i.e. the socket's queue is drained; only
+    // then go back to multishot. A multishot receive re-armed on a full
+    // queue would take all of it at once (the kernel loops while data
+    // and buffers last), however little the consumer asked for.
+    bool pull = false;
+    // The armed multishot carries a byte limit (unread_limit at arm time).
+    bool limited = false;
     // recv: bytes in `ready`, and the amount above which the stream pauses
     // itself (backpressure that holds while its reader is busy elsewhere).
     std::size_t ready_bytes = 0;
@@ -116,10 +124,14 @@ public:
     void cancel() { _s->cancel(); }
     // Stops the operation until the next call to next(), which re-arms it:
     // backpressure. What arrived before the kernel saw the cancel is still
-    // delivered.
+    // delivered. From then on each next() receives at most one buffer until
+    // the socket's queue is drained (a short read), then multishot again.
     void pause() { _s->pause(); }
-    // Pauses by itself once more than `bytes` have arrived that next() has
-    // not yet returned. The reader sets it to what it may still take.
+    // Takes at most `bytes` (rounded up to whole buffers) that next() has
+    // not yet returned: each multishot is armed with that byte limit, which
+    // the kernel enforces, and where the kernel lacks it (EINVAL, learnt
+    // once) the stream pauses itself once it has received more. The reader
+    // sets it, before next(), to what it may still take.
     void limit_unread(std::size_t bytes) noexcept { _s->unread_limit = bytes; }
     // How many times the stream paused (either way).
     std::uint64_t pauses() const noexcept { return _s->pauses; }

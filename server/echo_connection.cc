@@ -107,9 +107,12 @@ task<echo_end> echo_connection::run() {
         }
     } guard{*this};
 
+    // The stream takes no more than max_pending minus what the connection
+    // holds: the kernel stops the multishot receive there.
+    const std::size_t pause_at = _opts.max_pending;
+    auto budget = [&] { return pause_at > _held_bytes ? pause_at - _held_bytes : 0; };
     while (!eof || rx.has_ready()) {
-        // What the stream may still take before it pauses by itself.
-        rx.limit_unread(_opts.max_pending > _held_bytes ? _opts.max_pending - _held_bytes : 0);
+        rx.limit_unread(budget());
         bool starved = false;
         // One completion (waiting for it if none is there), then every
         // completion already there, so that one send carries them all.
@@ -134,8 +137,8 @@ task<echo_end> echo_connection::run() {
         } while (rx.has_ready());
 
         if (!_out.empty()) {
-            rx.limit_unread(_opts.max_pending > _held_bytes ? _opts.max_pending - _held_bytes : 0);
-            if (_held_bytes >= _opts.max_pending) {
+            rx.limit_unread(budget());
+            if (_held_bytes >= pause_at) {
                 rx.pause();
             }
             if (auto ec = co_await flush()) {

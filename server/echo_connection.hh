@@ -8,13 +8,15 @@
 // sent. One send is in flight at a time, so bytes leave in the order they
 // came; short sends continue where they stopped.
 //
-// Backpressure: once bytes received but not yet sent back (held buffers
-// plus completions not yet looked at) pass max_pending, the receive is
-// paused (the multishot cancelled) and the peer's TCP window closes until
-// sends drain them. The pause lands after what the kernel already moved in
-// that io_uring_enter: a multishot receive drains the socket's queue in
-// rounds of up to 32 buffers, so a connection can briefly hold more than
-// max_pending, never more than the shard's buffer ring.
+// Backpressure: bytes received but not yet sent back (held buffers plus
+// completions not yet looked at) stay within max_pending plus one buffer.
+// Each multishot receive is armed with the byte limit the connection may
+// still take, and the kernel ends it there; once over, the receive pauses
+// and takes one buffer per request until the socket's queue is drained, so
+// the peer's TCP window closes instead of the shard's buffers filling up.
+// Kernels without the multishot byte limit fall back to cancelling the
+// receive when the limit is crossed, which lands after what the kernel
+// already moved in that io_uring_enter (rounds of up to 32 buffers).
 
 #include "config/config.hh"
 #include "server/counters.hh"

@@ -72,13 +72,14 @@ TEST_CASE("echo: half-close gets everything back, then EOF", "[echo]") {
 
 TEST_CASE("echo: a buffer ring that runs dry (ENOBUFS) is survived and counted", "[echo]") {
     // 8 buffers of 1 KiB per shard for 32 connections sending 64 KiB each
-    // at once: receives must find the ring empty, wait, and carry on.
+    // at once, each allowed to hold 64 KiB: any one of them can empty the
+    // ring, so receives must find it empty, wait, and carry on.
     echo_daemon d(echo_config(R"(
 [[listener]]
 name = "echo"
 listen = ["127.0.0.1:0"]
 mode = "echo"
-max_pending = "1KiB"
+max_pending = "64KiB"
 )",
                               "recv_buffers = 8\nrecv_buffer_size = \"1KiB\""));
     constexpr int conns = 32;
