@@ -3,6 +3,7 @@
 // size; half-close; resets; many connections at once, spread over shards.
 
 #include "tests/support/echo_daemon.hh"
+#include "tests/support/echo_peers.hh"
 
 #include <catch2/catch.hpp>
 #include <netinet/in.h>
@@ -25,11 +26,6 @@ listen = ["127.0.0.1:0", "[::1]:0"]
 mode = "echo"
 )";
 
-struct fd_guard {
-    int fd;
-    ~fd_guard() { close(fd); }
-};
-
 }  // namespace
 
 TEST_CASE("echo: 1 B, 64 B, 16 KiB and 8 MiB come back byte-exact over IPv4 and IPv6", "[echo]") {
@@ -37,7 +33,7 @@ TEST_CASE("echo: 1 B, 64 B, 16 KiB and 8 MiB come back byte-exact over IPv4 and 
     REQUIRE(d.addresses().size() == 2);
     CHECK(d.addresses()[1].rfind("[::1]:", 0) == 0);
     for (std::size_t a = 0; a < d.addresses().size(); ++a) {
-        fd_guard c{d.connect(a)};
+        socket_fd c(d.connect(a));
         std::uint64_t seed = 1;
         for (std::size_t size : {std::size_t{1}, std::size_t{64}, std::size_t{16 * 1024}, std::size_t{8 << 20}}) {
             INFO(d.addresses()[a] << ", " << size << " bytes");
@@ -45,8 +41,8 @@ TEST_CASE("echo: 1 B, 64 B, 16 KiB and 8 MiB come back byte-exact over IPv4 and 
             // 8 MiB is more than both socket buffers: write and read at once.
             // Catch2's macros are not thread-safe: the writer only reports.
             bool sent = false;
-            std::thread writer([&] { sent = send_all(c.fd, msg); });
-            const std::string back = recv_exact(c.fd, size);
+            std::thread writer([&] { sent = send_all(c.get(), msg); });
+            const std::string back = recv_exact(c.get(), size);
             writer.join();
             CHECK(sent);
             REQUIRE(back.size() == size);
@@ -60,12 +56,12 @@ TEST_CASE("echo: 1 B, 64 B, 16 KiB and 8 MiB come back byte-exact over IPv4 and 
 
 TEST_CASE("echo: half-close gets everything back, then EOF", "[echo]") {
     echo_daemon d(echo_config(raw_listener));
-    fd_guard c{d.connect()};
+    socket_fd c(d.connect());
     const std::string msg = pattern(300 * 1024, 7);
-    REQUIRE(send_all(c.fd, msg));
-    REQUIRE(shutdown(c.fd, SHUT_WR) == 0);
+    REQUIRE(send_all(c.get(), msg));
+    REQUIRE(shutdown(c.get(), SHUT_WR) == 0);
     std::string back;
-    CHECK(recv_until_eof(c.fd, back));
+    CHECK(recv_until_eof(c.get(), back));
     CHECK(back.size() == msg.size());
     CHECK(back == msg);
 }

@@ -5,6 +5,7 @@
 // daemon exits 0 each time.
 
 #include "tests/support/echo_daemon.hh"
+#include "tests/support/echo_peers.hh"
 
 #include <arpa/inet.h>
 #include <catch2/catch.hpp>
@@ -30,16 +31,6 @@ name = "echo"
 listen = ["127.0.0.1:0"]
 mode = "echo"
 )";
-
-struct fd_guard {
-    int fd;
-    ~fd_guard() { close(fd); }
-};
-
-int remaining_ms(clock_type::time_point deadline) {
-    auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - clock_type::now()).count();
-    return left > 0 ? static_cast<int>(left) : 0;
-}
 
 // shardd on one echo listener, like echo_daemon, but keeping its
 // $NOTIFY_SOCKET: STOPPING=1 says the daemon took the stop signal (it is
@@ -93,7 +84,7 @@ bool closed_by_peer(int fd, clock_type::time_point deadline) {
     char buf[4096];
     while (true) {
         pollfd p{fd, POLLIN, 0};
-        const int rc = poll(&p, 1, remaining_ms(deadline));
+        const int rc = poll(&p, 1, ms_left(deadline));
         if (rc < 0 && errno == EINTR) {
             continue;
         }
@@ -124,9 +115,9 @@ std::string wait_until_refused(const std::string& address, std::chrono::millisec
         if (clock_type::now() >= deadline) {
             return "still accepting at the deadline, after " + std::to_string(attempt) + " attempts";
         }
-        fd_guard c{socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0)};
-        REQUIRE(c.fd >= 0);
-        if (::connect(c.fd, reinterpret_cast<const sockaddr*>(&sin), sizeof(sin)) != 0) {
+        socket_fd c(socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0));
+        REQUIRE(c.get() >= 0);
+        if (::connect(c.get(), reinterpret_cast<const sockaddr*>(&sin), sizeof(sin)) != 0) {
             if (errno == ECONNREFUSED) {
                 return "refused";
             }
@@ -136,8 +127,8 @@ std::string wait_until_refused(const std::string& address, std::chrono::millisec
             }
             return std::string("connect: ") + std::strerror(errno);
         }
-        ::shutdown(c.fd, SHUT_WR);
-        if (!closed_by_peer(c.fd, deadline)) {
+        ::shutdown(c.get(), SHUT_WR);
+        if (!closed_by_peer(c.get(), deadline)) {
             return "a connection made during the drain (attempt " + std::to_string(attempt + 1) +
                    ") was never closed by the daemon";
         }
@@ -173,7 +164,7 @@ struct transfer {
         while (!done()) {
             const bool can_send = sent < out.size() && sent < in.size() + window;
             pollfd p{fd, static_cast<short>(POLLIN | (can_send ? POLLOUT : 0)), 0};
-            const int rc = poll(&p, 1, remaining_ms(deadline));
+            const int rc = poll(&p, 1, ms_left(deadline));
             if (rc < 0 && errno == EINTR) {
                 continue;
             }
@@ -219,10 +210,10 @@ TEST_CASE("drain: SIGTERM mid-transfer refuses new connections, finishes the tra
     // must end because the connection ended, not because of the timeout.
     drain_daemon d("shutdown_timeout = \"120s\"");
     REQUIRE(d.shards() > 0);
-    fd_guard c{connect_to(d.address())};
-    REQUIRE(fcntl(c.fd, F_SETFL, fcntl(c.fd, F_GETFL) | O_NONBLOCK) == 0);
+    socket_fd c(connect_to(d.address()));
+    REQUIRE(fcntl(c.get(), F_SETFL, fcntl(c.get(), F_GETFL) | O_NONBLOCK) == 0);
     constexpr std::size_t total = 8 << 20;
-    transfer t{c.fd, pattern(total, 77), 2 << 20};
+    transfer t{c.get(), pattern(total, 77), 2 << 20};
 
     {
         const bool ok = t.pump([&] { return t.in.size() >= (1 << 20); });
@@ -245,9 +236,9 @@ TEST_CASE("drain: SIGTERM mid-transfer refuses new connections, finishes the tra
     CHECK(t.sent == total);
     REQUIRE(t.in.size() == total);
     CHECK(t.in == t.out);
-    REQUIRE(::shutdown(c.fd, SHUT_WR) == 0);
+    REQUIRE(::shutdown(c.get(), SHUT_WR) == 0);
     std::string extra;
-    CHECK(recv_until_eof(c.fd, extra));
+    CHECK(recv_until_eof(c.get(), extra));
     CHECK(extra.empty());
 
     // (iii) The daemon exits 0 on its own, every shard drained.
@@ -265,13 +256,13 @@ TEST_CASE("drain: SIGTERM mid-transfer refuses new connections, finishes the tra
 
 TEST_CASE("drain: a connection still open at shutdown_timeout is closed, then exit 0", "[drain]") {
     drain_daemon d("shutdown_timeout = \"1s\"");
-    fd_guard c{connect_to(d.address())};
-    REQUIRE(echo_round_trip(c.fd, 1));  // served, not just in the backlog
+    socket_fd c(connect_to(d.address()));
+    REQUIRE(echo_round_trip(c.get(), 1));  // served, not just in the backlog
     const auto before = clock_type::now();
     d.process().signal(SIGTERM);
     REQUIRE(d.notify().wait_for("STOPPING=1").has_value());
     std::string extra;
-    CHECK(recv_until_eof(c.fd, extra));  // the daemon closed it
+    CHECK(recv_until_eof(c.get(), extra));  // the daemon closed it
     const auto elapsed = clock_type::now() - before;
     CHECK(extra.empty());
     CHECK(elapsed >= std::chrono::seconds(1));  // not before shutdown_timeout
@@ -286,8 +277,8 @@ TEST_CASE("drain: a connection still open at shutdown_timeout is closed, then ex
 
 TEST_CASE("drain: a second SIGTERM stops at once", "[drain]") {
     drain_daemon d("shutdown_timeout = \"60s\"");
-    fd_guard c{connect_to(d.address())};
-    REQUIRE(echo_round_trip(c.fd, 2));
+    socket_fd c(connect_to(d.address()));
+    REQUIRE(echo_round_trip(c.get(), 2));
     const auto before = clock_type::now();
     d.process().signal(SIGTERM);
     REQUIRE(d.notify().wait_for("STOPPING=1").has_value());
@@ -302,21 +293,21 @@ TEST_CASE("drain: a second SIGTERM stops at once", "[drain]") {
     CHECK_THAT(r->err, Catch::Contains("[main] SIGTERM received again: stopping now"));
     CHECK_THAT(r->err, !Catch::Contains("shutdown_timeout: closing"));
     // The process is gone: so is the connection.
-    CHECK(closed_by_peer(c.fd, clock_type::now() + default_timeout));
+    CHECK(closed_by_peer(c.get(), clock_type::now() + default_timeout));
 }
 
 TEST_CASE("drain: SIGINT drains like SIGTERM", "[drain]") {
     drain_daemon d("shutdown_timeout = \"120s\"");
-    fd_guard c{connect_to(d.address())};
-    REQUIRE(echo_round_trip(c.fd, 3));
+    socket_fd c(connect_to(d.address()));
+    REQUIRE(echo_round_trip(c.get(), 3));
     d.process().signal(SIGINT);
     REQUIRE(d.notify().wait_for("STOPPING=1").has_value());
     CHECK(wait_until_refused(d.address()) == "refused");
     // The open connection is still served until it ends.
-    CHECK(echo_round_trip(c.fd, 4));
-    REQUIRE(::shutdown(c.fd, SHUT_WR) == 0);
+    CHECK(echo_round_trip(c.get(), 4));
+    REQUIRE(::shutdown(c.get(), SHUT_WR) == 0);
     std::string extra;
-    CHECK(recv_until_eof(c.fd, extra));
+    CHECK(recv_until_eof(c.get(), extra));
     CHECK(extra.empty());
     auto r = d.process().wait(std::chrono::minutes(1));
     REQUIRE(r.has_value());

@@ -7,6 +7,7 @@
 
 #include "reactor/cpu_set.hh"
 #include "tests/support/echo_daemon.hh"
+#include "tests/support/echo_peers.hh"
 
 #include <arpa/inet.h>
 #include <array>
@@ -37,16 +38,6 @@ constexpr std::uint16_t flag_warmup = 0x4;
 std::string sockperf_listener(const std::string& extra = "") {
     return "[[listener]]\nname = \"sp\"\nlisten = [\"127.0.0.1:0\"]\nmode = \"echo\"\nprotocol = \"sockperf\"\n" +
            extra;
-}
-
-struct fd_guard {
-    int fd;
-    ~fd_guard() { close(fd); }
-};
-
-int remaining_ms(clock_type::time_point deadline) {
-    auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - clock_type::now()).count();
-    return left > 0 ? static_cast<int>(left) : 0;
 }
 
 // A sockperf message: the 14-byte big-endian header (sequence, flags, total
@@ -102,7 +93,7 @@ std::string exchange(int fd, const std::string& out, std::size_t expect, const s
     char buf[65536];
     while (in.size() < expect || sent < out.size()) {
         pollfd p{fd, static_cast<short>(POLLIN | (sent < out.size() ? POLLOUT : 0)), 0};
-        const int rc = poll(&p, 1, remaining_ms(deadline));
+        const int rc = poll(&p, 1, ms_left(deadline));
         if (rc < 0 && errno == EINTR) {
             continue;
         }
@@ -147,7 +138,7 @@ std::string wait_closed(int fd, std::chrono::milliseconds timeout = default_time
     const auto deadline = clock_type::now() + timeout;
     while (true) {
         pollfd p{fd, POLLIN, 0};
-        const int rc = poll(&p, 1, remaining_ms(deadline));
+        const int rc = poll(&p, 1, ms_left(deadline));
         if (rc < 0 && errno == EINTR) {
             continue;
         }
@@ -290,48 +281,48 @@ TEST_CASE("sockperf throughput: the daemon takes in every message", "[sockperf]"
 
 TEST_CASE("sockperf framing: a message sent one byte at a time comes back whole, 0x1 cleared", "[sockperf]") {
     echo_daemon d(echo_config(sockperf_listener()));
-    fd_guard c{d.connect()};
-    set_nodelay(c.fd);
+    socket_fd c(d.connect());
+    set_nodelay(c.get());
     const std::string m = message(0x0102030405060708ull, flag_client | flag_reply, 14 + 50, 1);
     for (char byte : m) {
-        REQUIRE(send_all(c.fd, std::string(1, byte)));
+        REQUIRE(send_all(c.get(), std::string(1, byte)));
     }
-    const std::string back = recv_exact(c.fd, m.size());
+    const std::string back = recv_exact(c.get(), m.size());
     REQUIRE(back.size() == m.size());
     CHECK(back == reply_to(m));
     CHECK(back[9] == static_cast<char>(flag_reply));  // only 0x1 changed
     CHECK(back.substr(0, 9) == m.substr(0, 9));
     CHECK(back.substr(10) == m.substr(10));
-    CHECK(nothing_more(c.fd));
+    CHECK(nothing_more(c.get()));
 }
 
 TEST_CASE("sockperf framing: warm-up and no-reply messages do not come back", "[sockperf]") {
     echo_daemon d(echo_config(sockperf_listener()));
-    fd_guard c{d.connect()};
+    socket_fd c(d.connect());
     const std::string asks = message(1, flag_client | flag_reply, 14 + 10, 11);
     const std::string warmup = message(2, flag_client | flag_reply | flag_warmup, 14 + 20, 12);
     const std::string silent = message(3, flag_client, 14 + 30, 13);
-    REQUIRE(send_all(c.fd, asks + warmup + silent));
-    const std::string first = recv_exact(c.fd, asks.size());
+    REQUIRE(send_all(c.get(), asks + warmup + silent));
+    const std::string first = recv_exact(c.get(), asks.size());
     CHECK(first == reply_to(asks));
     // Had the warm-up or no-reply message come back, its bytes would come
     // next instead of this one's.
     const std::string later = message(4, flag_reply, 14 + 40, 14);
-    REQUIRE(send_all(c.fd, later));
-    CHECK(recv_exact(c.fd, later.size()) == later);  // 0x1 was clear: unchanged
+    REQUIRE(send_all(c.get(), later));
+    CHECK(recv_exact(c.get(), later.size()) == later);  // 0x1 was clear: unchanged
     // A header-only message (length 14) is a message too.
     const std::string bare = message(5, flag_client | flag_reply, 14, 0);
-    REQUIRE(send_all(c.fd, bare));
-    CHECK(recv_exact(c.fd, bare.size()) == reply_to(bare));
-    CHECK(nothing_more(c.fd));
+    REQUIRE(send_all(c.get(), bare));
+    CHECK(recv_exact(c.get(), bare.size()) == reply_to(bare));
+    CHECK(nothing_more(c.get()));
 }
 
 TEST_CASE("sockperf framing: 65000-byte messages come back exactly", "[sockperf]") {
     echo_daemon d(echo_config(sockperf_listener()));
-    fd_guard c{d.connect()};
+    socket_fd c(d.connect());
     // One, then three back to back with a warm-up one in the middle.
     const std::string big = message(7, flag_client | flag_reply, 65000, 21);
-    CHECK(exchange(c.fd, big, big.size()) == reply_to(big));
+    CHECK(exchange(c.get(), big, big.size()) == reply_to(big));
     std::string out;
     std::string expect;
     for (std::uint64_t i = 0; i < 4; ++i) {
@@ -343,16 +334,16 @@ TEST_CASE("sockperf framing: 65000-byte messages come back exactly", "[sockperf]
             expect += reply_to(m);
         }
     }
-    const std::string back = exchange(c.fd, out, expect.size());
+    const std::string back = exchange(c.get(), out, expect.size());
     REQUIRE(back.size() == expect.size());
     CHECK(back == expect);
-    CHECK(nothing_more(c.fd));
+    CHECK(nothing_more(c.get()));
 }
 
 TEST_CASE("sockperf framing: random sizes, flags and segmentation", "[sockperf]") {
     echo_daemon d(echo_config(sockperf_listener()));
-    fd_guard c{d.connect()};
-    set_nodelay(c.fd);
+    socket_fd c(d.connect());
+    set_nodelay(c.get());
     std::mt19937_64 rng(20240611);
     std::string out;
     std::string expect;
@@ -371,10 +362,10 @@ TEST_CASE("sockperf framing: random sizes, flags and segmentation", "[sockperf]"
     for (int i = 0; i < 97; ++i) {
         chunks.push_back(1 + rng() % (i % 3 == 0 ? 20 : 2000));
     }
-    const std::string back = exchange(c.fd, out, expect.size(), chunks);
+    const std::string back = exchange(c.get(), out, expect.size(), chunks);
     REQUIRE(back.size() == expect.size());
     CHECK(back == expect);
-    CHECK(nothing_more(c.fd));
+    CHECK(nothing_more(c.get()));
 }
 
 TEST_CASE("sockperf framing: a bad length closes that connection only, with the reason logged", "[sockperf]") {
@@ -383,22 +374,22 @@ TEST_CASE("sockperf framing: a bad length closes that connection only, with the 
     REQUIRE(allowed.has_value());
     echo_daemon d(echo_config(sockperf_listener("max_message = \"1KiB\"\n"),
                               "cpus = \"" + std::to_string(allowed->cpus()[0]) + "\""));
-    fd_guard good{d.connect()};
-    set_nodelay(good.fd);
+    socket_fd good(d.connect());
+    set_nodelay(good.get());
     const std::string m1 = message(1, flag_client | flag_reply, 100, 41);
-    REQUIRE(exchange(good.fd, m1, m1.size()) == reply_to(m1));
+    REQUIRE(exchange(good.get(), m1, m1.size()) == reply_to(m1));
     // A message of exactly max_message is fine.
     const std::string largest = message(2, flag_client | flag_reply, 1024, 42);
-    REQUIRE(exchange(good.fd, largest, largest.size()) == reply_to(largest));
+    REQUIRE(exchange(good.get(), largest, largest.size()) == reply_to(largest));
     // The good connection is in the middle of a message while the others fail.
     const std::string m3 = message(3, flag_client | flag_reply, 500, 43);
-    REQUIRE(send_all(good.fd, m3.substr(0, 20)));
+    REQUIRE(send_all(good.get(), m3.substr(0, 20)));
 
     SECTION("length 10, below the header") {
-        fd_guard bad{d.connect()};
-        const std::string who = local_address(bad.fd);
-        REQUIRE(send_all(bad.fd, message(9, flag_client | flag_reply, 10, 0)));
-        const std::string how = wait_closed(bad.fd);
+        socket_fd bad(d.connect());
+        const std::string who = local_address(bad.get());
+        REQUIRE(send_all(bad.get(), message(9, flag_client | flag_reply, 10, 0)));
+        const std::string how = wait_closed(bad.get());
         CHECK((how == "eof" || how == "reset"));
         // Logged (and flushed) before the daemon closed the socket.
         CHECK_THAT(d.process().stderr_text(),
@@ -406,11 +397,11 @@ TEST_CASE("sockperf framing: a bad length closes that connection only, with the 
                                    ": sockperf message length 10 outside 14..1024 (max_message)"));
     }
     SECTION("length 2000, above max_message") {
-        fd_guard bad{d.connect()};
-        const std::string who = local_address(bad.fd);
+        socket_fd bad(d.connect());
+        const std::string who = local_address(bad.get());
         // The daemon may close before it all went out: the send may fail.
-        (void)send_all(bad.fd, message(9, flag_client | flag_reply, 2000, 44));
-        const std::string how = wait_closed(bad.fd);
+        (void)send_all(bad.get(), message(9, flag_client | flag_reply, 2000, 44));
+        const std::string how = wait_closed(bad.get());
         CHECK((how == "eof" || how == "reset"));
         CHECK_THAT(d.process().stderr_text(),
                    Catch::Contains("closing connection from " + who +
@@ -419,10 +410,10 @@ TEST_CASE("sockperf framing: a bad length closes that connection only, with the 
     SECTION("both, one after the other") {
         for (std::uint32_t length : {10u, 2000u, 0u, 1025u}) {
             INFO("length " << length);
-            fd_guard bad{d.connect()};
-            const std::string who = local_address(bad.fd);
-            (void)send_all(bad.fd, message(9, flag_client | flag_reply, length, 45).substr(0, 14));
-            const std::string how = wait_closed(bad.fd);
+            socket_fd bad(d.connect());
+            const std::string who = local_address(bad.get());
+            (void)send_all(bad.get(), message(9, flag_client | flag_reply, length, 45).substr(0, 14));
+            const std::string how = wait_closed(bad.get());
             CHECK((how == "eof" || how == "reset"));
             CHECK_THAT(d.process().stderr_text(),
                        Catch::Contains("closing connection from " + who + ": sockperf message length " +
@@ -431,15 +422,15 @@ TEST_CASE("sockperf framing: a bad length closes that connection only, with the 
     }
 
     // The good connection finishes its message and goes on.
-    REQUIRE(send_all(good.fd, m3.substr(20)));
-    CHECK(recv_exact(good.fd, m3.size()) == reply_to(m3));
+    REQUIRE(send_all(good.get(), m3.substr(20)));
+    CHECK(recv_exact(good.get(), m3.size()) == reply_to(m3));
     const std::string m4 = message(4, flag_client | flag_reply, 300, 46);
-    CHECK(exchange(good.fd, m4, m4.size()) == reply_to(m4));
+    CHECK(exchange(good.get(), m4, m4.size()) == reply_to(m4));
     // And ends as a good connection does: everything back, then EOF (so
     // that the drain at stop has nothing to wait for).
-    REQUIRE(::shutdown(good.fd, SHUT_WR) == 0);
+    REQUIRE(::shutdown(good.get(), SHUT_WR) == 0);
     std::string rest;
-    CHECK(recv_until_eof(good.fd, rest));
+    CHECK(recv_until_eof(good.get(), rest));
     CHECK(rest.empty());
     auto r = d.stop();
     REQUIRE(r.has_value());
