@@ -1,0 +1,596 @@
+#include "config/reader.hh"
+
+#include "config/enum_names.hh"
+#include "config/suggest.hh"
+
+#include <algorithm>
+#include <array>
+#include <map>
+
+namespace shardd::config {
+
+namespace {
+
+using namespace std::string_view_literals;
+using namespace internal;
+
+// Known keys per table, for the unknown-key check and its suggestions.
+constexpr std::array top_keys{"runtime"sv, "log"sv, "admin"sv, "listener"sv, "upstream"sv};
+constexpr std::array runtime_keys{"cpus"sv,          "io_memory"sv,       "ring_entries"sv,     "spin_before_park"sv,
+                                  "preempt_timer"sv, "stall_threshold"sv, "shutdown_timeout"sv, "recv_buffer_size"sv,
+                                  "recv_buffers"sv};
+constexpr std::array log_keys{"level"sv, "format"sv};
+constexpr std::array admin_keys{"listen"sv};
+constexpr std::array listener_keys{"name"sv,     "listen"sv,          "mode"sv,         "protocol"sv,
+                                   "upstream"sv, "max_connections"sv, "idle_timeout"sv, "backlog"sv,
+                                   "nodelay"sv,  "max_pending"sv,     "max_message"sv};
+constexpr std::array upstream_keys{"name"sv, "balance"sv, "servers"sv, "connect_timeout"sv};
+
+// Bounds of the numeric keys. Each says why in docs/configuration.md.
+constexpr std::uint64_t min_io_memory = 64 * KiB;  // below this no useful arena
+constexpr std::uint64_t max_io_memory = 1 * GiB;   // locked memory per shard
+constexpr std::int64_t min_ring_entries = 8;
+constexpr std::int64_t max_ring_entries = 32768;  // IORING_MAX_ENTRIES
+constexpr std::uint64_t min_recv_buffer = 64;
+constexpr std::uint64_t max_recv_buffer = 16 * MiB;
+constexpr std::int64_t max_recv_buffers = 32768;  // buffer ring limit
+constexpr std::int64_t max_backlog = 65535;       // somaxconn's ceiling
+constexpr std::uint64_t sockperf_header = 14;     // u64 seq, u16 flags, u32 len
+constexpr std::uint64_t max_message_limit = 64 * MiB;
+constexpr std::size_t max_name_length = 64;
+
+std::string describe(const toml::node& node) {
+    switch (node.type()) {
+    case toml::node_type::string: return "\"" + std::string(node.as_string()->get()) + "\"";
+    case toml::node_type::integer: return "integer " + std::to_string(node.as_integer()->get());
+    case toml::node_type::floating_point: {
+        std::ostringstream os;
+        os << node.as_floating_point()->get();
+        return "float " + os.str();
+    }
+    case toml::node_type::boolean: return node.as_boolean()->get() ? "boolean true" : "boolean false";
+    case toml::node_type::array: return "an array";
+    case toml::node_type::table: return "a table";
+    case toml::node_type::date: return "a date";
+    case toml::node_type::time: return "a time";
+    case toml::node_type::date_time: return "a date-time";
+    default: return "nothing";
+    }
+}
+
+bool is_power_of_two(std::uint64_t v) { return v != 0 && (v & (v - 1)) == 0; }
+
+bool valid_name(std::string_view s) {
+    return !s.empty() && s.size() <= max_name_length && std::all_of(s.begin(), s.end(), [](char c) {
+        return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '_' || c == '-' ||
+               c == '.';
+    });
+}
+
+struct position {
+    std::uint32_t line = 0;
+    std::uint32_t column = 0;
+};
+
+position pos_of(const toml::source_region& r) { return {r.begin.line, r.begin.column}; }
+
+// Would binding both addresses with SO_REUSEPORT share (or fight over) one
+// port? Same family and port, and the same address or a wildcard on either
+// side. [::] does not take IPv4 because shardd sets IPV6_V6ONLY. Port 0 asks
+// the kernel for a fresh port each time, so it never collides.
+bool overlaps(const socket_address& a, const socket_address& b) {
+    return a.port() != 0 && a.port() == b.port() && a.family() == b.family() &&
+           (a == b || a.is_wildcard() || b.is_wildcard());
+}
+
+class reader {
+public:
+    reader(std::string file, const cpu_set& allowed, std::vector<diagnostic>& diags)
+        : _file(std::move(file)), _allowed(allowed), _diags(diags) {}
+
+    void read(const toml::table& root, const overrides& over, config& cfg);
+
+private:
+    void error(position at, std::string path, std::string message) {
+        _diags.push_back(
+            {origin::file, severity::error, _file, at.line, at.column, std::move(path), std::move(message)});
+    }
+    void warning(position at, std::string path, std::string message) {
+        _diags.push_back(
+            {origin::file, severity::warning, _file, at.line, at.column, std::move(path), std::move(message)});
+    }
+    void cli_error(std::string option, std::string message) {
+        _diags.push_back({origin::command_line, severity::error, "", 0, 0, std::move(option), std::move(message)});
+    }
+
+    template <std::size_t N>
+    void check_keys(const toml::table& t, const std::string& prefix, const std::array<std::string_view, N>& known) {
+        for (auto&& [k, v] : t) {
+            if (std::find(known.begin(), known.end(), k.str()) != known.end()) {
+                continue;
+            }
+            std::string msg = "unknown key";
+            if (auto hint = closest(k.str(), known)) {
+                msg += "; did you mean \"" + *hint + "\"?";
+            } else {
+                std::string list;
+                for (auto name : known) {
+                    if (!list.empty()) {
+                        list += ", ";
+                    }
+                    list += name;
+                }
+                msg += "; expected one of: " + list;
+            }
+            error(pos_of(k.source()), join(prefix, k.str()), msg);
+        }
+    }
+
+    static std::string join(const std::string& prefix, std::string_view key) {
+        return prefix.empty() ? std::string(key) : prefix + "." + std::string(key);
+    }
+
+    // Calls f(node, path) when `key` is present in `t`.
+    template <typename F>
+    void with(const toml::table& t, const std::string& prefix, std::string_view key, F&& f) {
+        if (const toml::node* n = t.get(key)) {
+            f(*n, join(prefix, key));
+        }
+    }
+
+    void read_size(const toml::table& t, const std::string& prefix, std::string_view key, std::uint64_t& out,
+                   std::uint64_t min, std::uint64_t max) {
+        with(t, prefix, key, [&](const toml::node& n, const std::string& path) {
+            std::uint64_t value = 0;
+            if (n.is_integer()) {
+                if (n.as_integer()->get() < 0) {
+                    error(pos_of(n.source()), path, "expected a size, found " + describe(n));
+                    return;
+                }
+                value = static_cast<std::uint64_t>(n.as_integer()->get());
+            } else if (n.is_string()) {
+                auto parsed = parse_size(n.as_string()->get());
+                if (!parsed) {
+                    error(pos_of(n.source()), path, parsed.error());
+                    return;
+                }
+                value = *parsed;
+            } else {
+                error(pos_of(n.source()), path, "expected a size like \"4MiB\", found " + describe(n));
+                return;
+            }
+            if (value < min || value > max) {
+                error(pos_of(n.source()), path,
+                      "expected a size from " + format_size(min) + " to " + format_size(max) + ", found " +
+                          describe(n));
+                return;
+            }
+            out = value;
+        });
+    }
+
+    void read_duration(const toml::table& t, const std::string& prefix, std::string_view key, duration& out,
+                       duration min, duration max) {
+        with(t, prefix, key, [&](const toml::node& n, const std::string& path) {
+            if (!n.is_string()) {
+                error(pos_of(n.source()), path,
+                      "expected a duration string like \"10s\" (units ns, us, ms, s, m, h), found " + describe(n));
+                return;
+            }
+            auto parsed = parse_duration(n.as_string()->get());
+            if (!parsed) {
+                error(pos_of(n.source()), path, parsed.error());
+                return;
+            }
+            if (*parsed < min || *parsed > max) {
+                error(pos_of(n.source()), path,
+                      "expected a duration from " + format_duration(min) + " to " + format_duration(max) + ", found " +
+                          describe(n));
+                return;
+            }
+            out = *parsed;
+        });
+    }
+
+    template <typename U>
+    void read_integer(const toml::table& t, const std::string& prefix, std::string_view key, U& out, std::int64_t min,
+                      std::int64_t max, bool power_of_two = false) {
+        with(t, prefix, key, [&](const toml::node& n, const std::string& path) {
+            const std::string what = std::string(power_of_two ? "a power of two" : "an integer") + " from " +
+                                     std::to_string(min) + " to " + std::to_string(max);
+            if (!n.is_integer()) {
+                error(pos_of(n.source()), path, "expected " + what + ", found " + describe(n));
+                return;
+            }
+            const std::int64_t v = n.as_integer()->get();
+            if (v < min || v > max || (power_of_two && !is_power_of_two(static_cast<std::uint64_t>(v)))) {
+                error(pos_of(n.source()), path, "expected " + what + ", found " + describe(n));
+                return;
+            }
+            out = static_cast<U>(v);
+        });
+    }
+
+    void read_bool(const toml::table& t, const std::string& prefix, std::string_view key, bool& out) {
+        with(t, prefix, key, [&](const toml::node& n, const std::string& path) {
+            if (!n.is_boolean()) {
+                error(pos_of(n.source()), path, "expected true or false, found " + describe(n));
+                return;
+            }
+            out = n.as_boolean()->get();
+        });
+    }
+
+    template <typename E, std::size_t N>
+    void read_enum(const toml::table& t, const std::string& prefix, std::string_view key, E& out,
+                   const std::array<enum_name<E>, N>& names) {
+        with(t, prefix, key, [&](const toml::node& n, const std::string& path) {
+            if (!n.is_string()) {
+                error(pos_of(n.source()), path, "expected " + one_of(names) + ", found " + describe(n));
+                return;
+            }
+            auto parsed = parse_enum(names, n.as_string()->get());
+            if (!parsed) {
+                error(pos_of(n.source()), path, parsed.error());
+                return;
+            }
+            out = *parsed;
+        });
+    }
+
+    std::optional<socket_address> address_of(const toml::node& n, const std::string& path, bool connectable) {
+        if (!n.is_string()) {
+            error(pos_of(n.source()), path,
+                  "expected an address string like \"127.0.0.1:7007\" or \"[::1]:7007\", found " + describe(n));
+            return std::nullopt;
+        }
+        auto parsed = socket_address::parse(n.as_string()->get());
+        if (!parsed) {
+            error(pos_of(n.source()), path, parsed.error() + ", found " + describe(n));
+            return std::nullopt;
+        }
+        if (connectable && (parsed->is_wildcard() || parsed->port() == 0)) {
+            error(pos_of(n.source()), path,
+                  "expected an address to connect to (not a wildcard, port not 0), found " + describe(n));
+            return std::nullopt;
+        }
+        return *parsed;
+    }
+
+    // A string or an array of strings, each an address; at least one.
+    void read_addresses(const toml::table& t, const std::string& prefix, std::string_view key,
+                        std::vector<socket_address>& out, bool connectable) {
+        const toml::node* n = t.get(key);
+        const std::string path = join(prefix, key);
+        if (!n) {
+            error(pos_of(t.source()), path, "missing; expected at least one address like \"127.0.0.1:7007\"");
+            return;
+        }
+        if (n->is_string()) {
+            if (auto a = address_of(*n, path, connectable)) {
+                out.push_back(*a);
+            }
+            return;
+        }
+        const toml::array* arr = n->as_array();
+        if (!arr) {
+            error(pos_of(n->source()), path, "expected an array of addresses, found " + describe(*n));
+            return;
+        }
+        if (arr->empty()) {
+            error(pos_of(n->source()), path, "expected at least one address, found an empty array");
+            return;
+        }
+        for (std::size_t i = 0; i < arr->size(); ++i) {
+            const std::string item_path = path + "[" + std::to_string(i) + "]";
+            if (auto a = address_of(*arr->get(i), item_path, connectable)) {
+                auto same = std::find_if(out.begin(), out.end(), [&](const auto& b) { return overlaps(*a, b); });
+                if (same != out.end()) {
+                    error(pos_of(arr->get(i)->source()), item_path,
+                          "address " + a->to_string() +
+                              (*same == *a ? " is listed twice" : " overlaps " + same->to_string()));
+                    continue;
+                }
+                out.push_back(*a);
+            }
+        }
+    }
+
+    // Returns the name when present and valid.
+    std::optional<std::string> read_name(const toml::table& t, const std::string& prefix, std::string_view what) {
+        const toml::node* n = t.get("name");
+        const std::string path = join(prefix, "name");
+        if (!n) {
+            error(pos_of(t.source()), path, "missing; every [[" + std::string(what) + "]] needs a name");
+            return std::nullopt;
+        }
+        if (!n->is_string()) {
+            error(pos_of(n->source()), path, "expected a name string, found " + describe(*n));
+            return std::nullopt;
+        }
+        std::string name(n->as_string()->get());
+        if (!valid_name(name)) {
+            error(pos_of(n->source()), path,
+                  "expected a name of 1 to 64 letters, digits, '_', '-' or '.', found " + describe(*n));
+            return std::nullopt;
+        }
+        return name;
+    }
+
+    // Each element of an array of tables, or an error if `key` is something else.
+    template <typename F>
+    void each_table(const toml::table& root, std::string_view key, F&& f) {
+        const toml::node* n = root.get(key);
+        if (!n) {
+            return;
+        }
+        const toml::array* arr = n->as_array();
+        if (!arr || !arr->is_array_of_tables()) {
+            error(pos_of(n->source()), std::string(key),
+                  "expected an array of tables written [[" + std::string(key) + "]], found " + describe(*n));
+            return;
+        }
+        for (std::size_t i = 0; i < arr->size(); ++i) {
+            f(*arr->get(i)->as_table(), std::string(key) + "[" + std::to_string(i) + "]");
+        }
+    }
+
+    const toml::table* section(const toml::table& root, std::string_view key) {
+        const toml::node* n = root.get(key);
+        if (!n) {
+            return nullptr;
+        }
+        if (!n->is_table()) {
+            error(pos_of(n->source()), std::string(key),
+                  "expected a table written [" + std::string(key) + "], found " + describe(*n));
+            return nullptr;
+        }
+        return n->as_table();
+    }
+
+    void read_runtime(const toml::table& t, const overrides& over, runtime_config& rt);
+    void read_listener(const toml::table& t, const std::string& prefix, config& cfg);
+    void read_upstream(const toml::table& t, const std::string& prefix, config& cfg);
+
+    std::string _file;
+    const cpu_set& _allowed;
+    std::vector<diagnostic>& _diags;
+    std::map<std::string, position> _upstream_names;
+    std::map<std::string, position> _listener_names;
+    std::map<std::string, bool> _upstream_used;
+};
+
+void reader::read_runtime(const toml::table& t, const overrides& over, runtime_config& rt) {
+    check_keys(t, "runtime", runtime_keys);
+    // The file's value must be well-formed even when --cpus overrides it; only
+    // the effective value is checked against the allowed set.
+    with(t, "runtime", "cpus", [&](const toml::node& n, const std::string& path) {
+        if (!n.is_string()) {
+            error(pos_of(n.source()), path, "expected \"all\" or a CPU list like \"0-3,6\", found " + describe(n));
+            return;
+        }
+        std::string_view text = n.as_string()->get();
+        if (text == "all") {
+            rt.all_cpus = true;
+            return;
+        }
+        auto parsed = parse_cpu_list(text);
+        if (!parsed) {
+            error(pos_of(n.source()), path, parsed.error());
+            return;
+        }
+        rt.all_cpus = false;
+        rt.cpus = *parsed;
+        if (over.cpus) {
+            return;
+        }
+        for (unsigned cpu : parsed->cpus()) {
+            if (!_allowed.contains(cpu)) {
+                error(pos_of(n.source()), path,
+                      "CPU " + std::to_string(cpu) + " is not available to this process (allowed: " +
+                          _allowed.to_string() + "), found " + describe(n));
+                return;
+            }
+        }
+    });
+    if (over.cpus) {
+        if (*over.cpus == "all") {
+            rt.all_cpus = true;
+        } else if (auto parsed = parse_cpu_list(*over.cpus); !parsed) {
+            cli_error("--cpus", parsed.error());
+        } else {
+            rt.all_cpus = false;
+            rt.cpus = *parsed;
+            for (unsigned cpu : parsed->cpus()) {
+                if (!_allowed.contains(cpu)) {
+                    cli_error("--cpus", "CPU " + std::to_string(cpu) + " is not available to this process (allowed: " +
+                                            _allowed.to_string() + ")");
+                    break;
+                }
+            }
+        }
+    }
+    read_size(t, "runtime", "io_memory", rt.io_memory, min_io_memory, max_io_memory);
+    read_integer(t, "runtime", "ring_entries", rt.ring_entries, min_ring_entries, max_ring_entries, true);
+    read_duration(t, "runtime", "spin_before_park", rt.spin_before_park, 0s, 1s);
+    read_duration(t, "runtime", "preempt_timer", rt.preempt_timer, 10us, 1s);
+    read_duration(t, "runtime", "stall_threshold", rt.stall_threshold, 0s, 1h);
+    read_duration(t, "runtime", "shutdown_timeout", rt.shutdown_timeout, 0s, 1h);
+    read_size(t, "runtime", "recv_buffer_size", rt.recv_buffer_size, min_recv_buffer, max_recv_buffer);
+    read_integer(t, "runtime", "recv_buffers", rt.recv_buffers, 1, max_recv_buffers, true);
+}
+
+void reader::read_upstream(const toml::table& t, const std::string& prefix, config& cfg) {
+    check_keys(t, prefix, upstream_keys);
+    upstream_config up;
+    if (auto name = read_name(t, prefix, "upstream")) {
+        up.name = *name;
+        const position at = pos_of(t.get("name")->source());
+        if (auto [it, inserted] = _upstream_names.emplace(*name, at); !inserted) {
+            error(at, prefix + ".name",
+                  "duplicate upstream name \"" + *name + "\" (first defined at line " +
+                      std::to_string(it->second.line) + ")");
+        }
+    }
+    read_enum(t, prefix, "balance", up.balance, balance_names);
+    read_addresses(t, prefix, "servers", up.servers, true);
+    read_duration(t, prefix, "connect_timeout", up.connect_timeout, 1ms, 1h);
+    cfg.upstreams.push_back(std::move(up));
+}
+
+void reader::read_listener(const toml::table& t, const std::string& prefix, config& cfg) {
+    check_keys(t, prefix, listener_keys);
+    listener_config l;
+    if (auto name = read_name(t, prefix, "listener")) {
+        l.name = *name;
+        const position at = pos_of(t.get("name")->source());
+        if (auto [it, inserted] = _listener_names.emplace(*name, at); !inserted) {
+            error(at, prefix + ".name",
+                  "duplicate listener name \"" + *name + "\" (first defined at line " +
+                      std::to_string(it->second.line) + ")");
+        }
+    }
+    read_addresses(t, prefix, "listen", l.listen, false);
+    // Two listeners on one address would silently split its connections
+    // between them through SO_REUSEPORT: refuse it.
+    if (const toml::node* n = t.get("listen")) {
+        for (std::size_t i = 0; i < l.listen.size(); ++i) {
+            const auto& a = l.listen[i];
+            const toml::node* item = n->is_array() ? n->as_array()->get(i) : n;
+            const position at = pos_of(item ? item->source() : n->source());
+            const std::string path = prefix + ".listen" + (n->is_array() ? "[" + std::to_string(i) + "]" : "");
+            for (const auto& other : cfg.listeners) {
+                for (const auto& b : other.listen) {
+                    if (overlaps(a, b)) {
+                        error(at, path,
+                              "address " + a.to_string() +
+                                  (a == b ? " is already used" : " overlaps " + b.to_string()) + " by listener \"" +
+                                  other.name + "\"");
+                    }
+                }
+            }
+            if (cfg.admin.listen && overlaps(a, *cfg.admin.listen)) {
+                error(at, path, "address " + a.to_string() + " is also admin.listen");
+            }
+        }
+    }
+
+    if (!t.get("mode")) {
+        error(pos_of(t.source()), prefix + ".mode", "missing; expected " + one_of(mode_names));
+    }
+    read_enum(t, prefix, "mode", l.mode, mode_names);
+    const bool mode_ok = t.get("mode") && t.get("mode")->is_string() &&
+                         parse_enum(mode_names, t.get("mode")->as_string()->get()).has_value();
+    read_enum(t, prefix, "protocol", l.protocol, protocol_names);
+    with(t, prefix, "upstream", [&](const toml::node& n, const std::string& path) {
+        if (!n.is_string()) {
+            error(pos_of(n.source()), path, "expected the name of an [[upstream]], found " + describe(n));
+            return;
+        }
+        l.upstream = std::string(n.as_string()->get());
+    });
+    if (mode_ok && l.mode == listener_mode::proxy) {
+        if (const toml::node* p = t.get("protocol")) {
+            error(pos_of(p->source()), prefix + ".protocol",
+                  "only echo listeners take a protocol; this listener has mode \"proxy\"");
+        }
+        if (!t.get("upstream")) {
+            error(pos_of(t.source()), prefix + ".upstream",
+                  "missing; a proxy listener needs the name of an [[upstream]]");
+        } else if (!l.upstream.empty() && !_upstream_names.contains(l.upstream)) {
+            std::vector<std::string_view> names;
+            for (const auto& [name, _] : _upstream_names) {
+                names.push_back(name);
+            }
+            std::string msg =
+                "expected the name of an [[upstream]], found \"" + l.upstream + "\", which is not defined";
+            if (auto hint = closest(l.upstream, names)) {
+                msg += " (did you mean \"" + *hint + "\"?)";
+            }
+            error(pos_of(t.get("upstream")->source()), prefix + ".upstream", msg);
+        } else {
+            _upstream_used[l.upstream] = true;
+        }
+    }
+    if (mode_ok && l.mode == listener_mode::echo) {
+        if (const toml::node* u = t.get("upstream")) {
+            error(pos_of(u->source()), prefix + ".upstream",
+                  "only proxy listeners take an upstream; this listener has mode \"echo\"");
+        }
+    }
+    read_integer(t, prefix, "max_connections", l.max_connections, 1, 10'000'000);
+    read_duration(t, prefix, "idle_timeout", l.idle_timeout, 0s, 24h);
+    read_integer(t, prefix, "backlog", l.backlog, 1, max_backlog);
+    read_bool(t, prefix, "nodelay", l.nodelay);
+    read_size(t, prefix, "max_pending", l.max_pending, 1 * KiB, 1 * GiB);
+    read_size(t, prefix, "max_message", l.max_message, sockperf_header, max_message_limit);
+    if (const toml::node* m = t.get("max_message"); m && mode_ok && l.protocol != echo_protocol::sockperf) {
+        warning(pos_of(m->source()), prefix + ".max_message", "has no effect: only sockperf listeners parse messages");
+    }
+    cfg.listeners.push_back(std::move(l));
+}
+
+void reader::read(const toml::table& root, const overrides& over, config& cfg) {
+    check_keys(root, "", top_keys);
+    if (const toml::table* rt = section(root, "runtime")) {
+        read_runtime(*rt, over, cfg.runtime);
+    } else {
+        read_runtime(toml::table{}, over, cfg.runtime);
+    }
+    if (const toml::table* lg = section(root, "log")) {
+        check_keys(*lg, "log", log_keys);
+        read_enum(*lg, "log", "level", cfg.log.level, log_level_names);
+        read_enum(*lg, "log", "format", cfg.log.format, log_format_names);
+    }
+    if (over.log_level) {
+        if (auto lvl = parse_enum(log_level_names, *over.log_level)) {
+            cfg.log.level = *lvl;
+        } else {
+            cli_error("--log-level", lvl.error());
+        }
+    }
+    if (const toml::table* ad = section(root, "admin")) {
+        check_keys(*ad, "admin", admin_keys);
+        with(*ad, "admin", "listen",
+             [&](const toml::node& n, const std::string& path) { cfg.admin.listen = address_of(n, path, false); });
+    }
+    // Upstreams first, so listeners can refer to them wherever they stand.
+    each_table(root, "upstream",
+               [&](const toml::table& t, const std::string& prefix) { read_upstream(t, prefix, cfg); });
+    each_table(root, "listener",
+               [&](const toml::table& t, const std::string& prefix) { read_listener(t, prefix, cfg); });
+
+    if (!root.get("listener")) {
+        error({}, "listener", "missing; expected at least one [[listener]] table");
+    }
+    for (std::size_t i = 0; i < cfg.listeners.size(); ++i) {
+        const auto& l = cfg.listeners[i];
+        if (l.max_pending < cfg.runtime.recv_buffer_size) {
+            const toml::node* n = root.at_path("listener[" + std::to_string(i) + "].max_pending").node();
+            error(n ? pos_of(n->source()) : position{}, "listener[" + std::to_string(i) + "].max_pending",
+                  "expected at least runtime.recv_buffer_size (" + format_size(cfg.runtime.recv_buffer_size) +
+                      "), found " + format_size(l.max_pending));
+        }
+    }
+    for (std::size_t i = 0; i < cfg.upstreams.size(); ++i) {
+        const auto& up = cfg.upstreams[i];
+        if (!up.name.empty() && !_upstream_used.contains(up.name)) {
+            const toml::node* n = root.at_path("upstream[" + std::to_string(i) + "].name").node();
+            warning(n ? pos_of(n->source()) : position{}, "upstream[" + std::to_string(i) + "].name",
+                    "upstream \"" + up.name + "\" is not used by any listener");
+        }
+    }
+}
+
+}  // namespace
+
+namespace internal {
+
+void read_document(const toml::table& root, const std::string& file, const overrides& over, const cpu_set& allowed,
+                   config& cfg, std::vector<diagnostic>& diags) {
+    reader(file, allowed, diags).read(root, over, cfg);
+}
+
+}  // namespace internal
+
+}  // namespace shardd::config
