@@ -109,8 +109,7 @@ task<echo_end> echo_connection::run() {
 
     // The stream takes no more than max_pending minus what the connection
     // holds: the kernel stops the multishot receive there.
-    const std::size_t pause_at = _opts.max_pending;
-    auto budget = [&] { return pause_at > _held_bytes ? pause_at - _held_bytes : 0; };
+    auto budget = [&] { return _opts.max_pending > _held_bytes ? _opts.max_pending - _held_bytes : 0; };
     while (!eof || rx.has_ready()) {
         rx.limit_unread(budget());
         bool starved = false;
@@ -138,7 +137,7 @@ task<echo_end> echo_connection::run() {
 
         if (!_out.empty()) {
             rx.limit_unread(budget());
-            if (_held_bytes >= pause_at) {
+            if (_held_bytes >= _opts.max_pending) {
                 rx.pause();
             }
             if (auto ec = co_await flush()) {

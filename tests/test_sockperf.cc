@@ -132,36 +132,6 @@ bool nothing_more(int fd, std::chrono::milliseconds wait = std::chrono::millisec
     return poll(&p, 1, static_cast<int>(wait.count())) == 0;
 }
 
-// Waits for the peer to close `fd` (EOF or reset). Returns how it ended:
-// "eof", "reset", "timeout", or "data" when bytes came instead.
-std::string wait_closed(int fd, std::chrono::milliseconds timeout = default_timeout) {
-    const auto deadline = clock_type::now() + timeout;
-    while (true) {
-        pollfd p{fd, POLLIN, 0};
-        const int rc = poll(&p, 1, ms_left(deadline));
-        if (rc < 0 && errno == EINTR) {
-            continue;
-        }
-        if (rc <= 0) {
-            return "timeout";
-        }
-        char c;
-        const ssize_t r = ::recv(fd, &c, 1, MSG_DONTWAIT);
-        if (r == 0) {
-            return "eof";
-        }
-        if (r > 0) {
-            return "data";
-        }
-        if (errno == ECONNRESET) {
-            return "reset";
-        }
-        if (errno != EAGAIN && errno != EINTR) {
-            return std::string("error: ") + std::strerror(errno);
-        }
-    }
-}
-
 // sockperf's output, with its colour escapes removed.
 std::string run_sockperf(const std::vector<std::string>& args) {
     if (access(sockperf_binary.c_str(), X_OK) != 0) {
@@ -221,10 +191,10 @@ void check_latency_output(const std::string& out, bool every_message_replied) {
     }
 }
 
-// Bytes the daemon received over its life ("served N connections, B bytes
-// echoed in total"), from its log after exit.
+// Bytes the daemon received over its life ("served N connections: B bytes
+// received, ..."), from its log after exit.
 std::uint64_t bytes_served(const std::string& log) {
-    return number_after(log, R"(served \d+ connections?, (\d+) bytes echoed in total)");
+    return number_after(log, R"(served \d+ connections?: (\d+) bytes received)");
 }
 
 }  // namespace
@@ -389,8 +359,8 @@ TEST_CASE("sockperf framing: a bad length closes that connection only, with the 
         socket_fd bad(d.connect());
         const std::string who = local_address(bad.get());
         REQUIRE(send_all(bad.get(), message(9, flag_client | flag_reply, 10, 0)));
-        const std::string how = wait_closed(bad.get());
-        CHECK((how == "eof" || how == "reset"));
+        const peer_end how = wait_for_close(bad.get(), default_timeout);
+        CHECK((how == peer_end::eof || how == peer_end::reset));
         // Logged (and flushed) before the daemon closed the socket.
         CHECK_THAT(d.process().stderr_text(),
                    Catch::Contains("closing connection from " + who +
@@ -401,8 +371,8 @@ TEST_CASE("sockperf framing: a bad length closes that connection only, with the 
         const std::string who = local_address(bad.get());
         // The daemon may close before it all went out: the send may fail.
         (void)send_all(bad.get(), message(9, flag_client | flag_reply, 2000, 44));
-        const std::string how = wait_closed(bad.get());
-        CHECK((how == "eof" || how == "reset"));
+        const peer_end how = wait_for_close(bad.get(), default_timeout);
+        CHECK((how == peer_end::eof || how == peer_end::reset));
         CHECK_THAT(d.process().stderr_text(),
                    Catch::Contains("closing connection from " + who +
                                    ": sockperf message length 2000 outside 14..1024 (max_message)"));
@@ -413,8 +383,8 @@ TEST_CASE("sockperf framing: a bad length closes that connection only, with the 
             socket_fd bad(d.connect());
             const std::string who = local_address(bad.get());
             (void)send_all(bad.get(), message(9, flag_client | flag_reply, length, 45).substr(0, 14));
-            const std::string how = wait_closed(bad.get());
-            CHECK((how == "eof" || how == "reset"));
+            const peer_end how = wait_for_close(bad.get(), default_timeout);
+            CHECK((how == peer_end::eof || how == peer_end::reset));
             CHECK_THAT(d.process().stderr_text(),
                        Catch::Contains("closing connection from " + who + ": sockperf message length " +
                                        std::to_string(length) + " outside 14..1024 (max_message)"));
