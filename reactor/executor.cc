@@ -254,9 +254,14 @@ bool executor::poll_io() {
             continue;
         }
         // The main ring with DEFER_TASKRUN posts completions only inside
-        // io_uring_enter; the poll ring completes only while polled.
-        const bool must_enter = r->pending_submissions() > 0 ||
-                                (r == _main.get() && (r->setup_flags() & IORING_SETUP_DEFER_TASKRUN) && !_main_fresh) ||
+        // io_uring_enter: enter unless park()'s wait has just run them. On
+        // the COOP_TASKRUN|TASKRUN_FLAG fallback, enter when the flags say
+        // completion work is waiting: park() will not sleep while it is, so
+        // not entering here would spin until a timer tick ran it. The poll
+        // ring completes only while polled.
+        const bool main_may_have_work =
+            ((r->setup_flags() & IORING_SETUP_DEFER_TASKRUN) && !_main_fresh) || r->kernel_has_work();
+        const bool must_enter = r->pending_submissions() > 0 || (r == _main.get() && main_may_have_work) ||
                                 (r == _poll.get() && r->in_flight() > 0);
         if (must_enter) {
             r->submit();

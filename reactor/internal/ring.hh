@@ -76,8 +76,15 @@ public:
         if (head != tail) {
             return true;
         }
+        return kernel_has_work();
+    }
+
+    // TASKRUN_FLAG rings only (always false elsewhere): the kernel holds
+    // completion work that only a syscall runs or flushes, i.e. task work
+    // (IORING_SQ_TASKRUN) or CQEs that overflowed the CQ.
+    bool kernel_has_work() const noexcept {
         return (_ring.flags & IORING_SETUP_TASKRUN_FLAG) &&
-               (io_uring_smp_load_acquire(_ring.sq.kflags) & IORING_SQ_TASKRUN);
+               (io_uring_smp_load_acquire(_ring.sq.kflags) & (IORING_SQ_TASKRUN | IORING_SQ_CQ_OVERFLOW));
     }
 
 private:
