@@ -345,6 +345,11 @@ void executor::park() {
         const std::uint64_t until = now_ns() + static_cast<std::uint64_t>(_cfg.spin_before_park.count());
         do {
             if (poll_io() || _active_count > 0 || stop_requested()) {
+                // That poll_io() entered the main ring and reaped it, and
+                // nothing has run since: the loop's next poll_io() need not
+                // enter again. One io_uring_enter (~2 us here) less between
+                // a request landing and its reply leaving.
+                _main_fresh = true;
                 return;
             }
         } while (now_ns() < until);

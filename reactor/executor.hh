@@ -206,8 +206,9 @@ private:
     std::uint64_t _eventfd_value = 0;
     __kernel_timespec _preempt_ts{};
     bool _eventfd_armed = false;
-    // The main ring was just entered with GETEVENTS (park's wait returned)
-    // and nothing ran since: the next poll_io() reaps without entering again.
+    // The main ring was just entered with GETEVENTS (park's wait returned,
+    // or its spin found work) and nothing ran since: the next poll_io()
+    // reaps without entering again.
     bool _main_fresh = false;
     bool _latency_poll_armed = false;
     bool _preempt_armed = false;
