@@ -46,8 +46,9 @@ std::string flags_to_string(unsigned flags) {
 //   when no deferred work is waiting (one load instead of a ~2 us syscall),
 //   but measured at 256 x 4 x 64 B it cost 15% more CPU per message
 //   (800 vs 700 ns, 3 interleaved rounds, 2026-11; why is not established:
-//   the kernel sets and clears the flag with atomics from both CPUs). It
-//   gained 1 us of a 16 us ping-pong round trip.
+//   the kernel sets and clears the flag with atomics from both CPUs). Used
+//   only to skip the enters of spin_before_park's busy-poll, it made the
+//   ping-pong round trip no shorter (15.3 vs 14.7 us p50).
 //   Fallback COOP_TASKRUN|TASKRUN_FLAG (5.19) gives the same "no IPI" with the
 //   pending work visible in sq.kflags.
 // latency: must interrupt. Its CQEs are what need_preempt() watches, and a
