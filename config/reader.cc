@@ -296,8 +296,10 @@ private:
         }
     }
 
-    // Returns the name when present and valid.
-    std::optional<std::string> read_name(const toml::table& t, const std::string& prefix, std::string_view what) {
+    // Returns the name when present and valid, and records it in `seen`
+    // (name -> where it was first defined), reporting a duplicate.
+    std::optional<std::string> read_name(const toml::table& t, const std::string& prefix, std::string_view what,
+                                         std::map<std::string, position>& seen) {
         const toml::node* n = t.get("name");
         const std::string path = join(prefix, "name");
         if (!n) {
@@ -313,6 +315,12 @@ private:
             error(pos_of(n->source()), path,
                   "expected a name of 1 to 64 letters, digits, '_', '-' or '.', found " + describe(*n));
             return std::nullopt;
+        }
+        const position at = pos_of(n->source());
+        if (auto [it, inserted] = seen.emplace(name, at); !inserted) {
+            error(at, path,
+                  "duplicate " + std::string(what) + " name \"" + name + "\" (first defined at line " +
+                      std::to_string(it->second.line) + ")");
         }
         return name;
     }
@@ -423,14 +431,8 @@ void reader::read_runtime(const toml::table& t, const overrides& over, runtime_c
 void reader::read_upstream(const toml::table& t, const std::string& prefix, config& cfg) {
     check_keys(t, prefix, upstream_keys);
     upstream_config up;
-    if (auto name = read_name(t, prefix, "upstream")) {
+    if (auto name = read_name(t, prefix, "upstream", _upstream_names)) {
         up.name = *name;
-        const position at = pos_of(t.get("name")->source());
-        if (auto [it, inserted] = _upstream_names.emplace(*name, at); !inserted) {
-            error(at, prefix + ".name",
-                  "duplicate upstream name \"" + *name + "\" (first defined at line " +
-                      std::to_string(it->second.line) + ")");
-        }
     }
     read_enum(t, prefix, "balance", up.balance, balance_names);
     read_addresses(t, prefix, "servers", up.servers, true);
@@ -441,14 +443,8 @@ void reader::read_upstream(const toml::table& t, const std::string& prefix, conf
 void reader::read_listener(const toml::table& t, const std::string& prefix, config& cfg) {
     check_keys(t, prefix, listener_keys);
     listener_config l;
-    if (auto name = read_name(t, prefix, "listener")) {
+    if (auto name = read_name(t, prefix, "listener", _listener_names)) {
         l.name = *name;
-        const position at = pos_of(t.get("name")->source());
-        if (auto [it, inserted] = _listener_names.emplace(*name, at); !inserted) {
-            error(at, prefix + ".name",
-                  "duplicate listener name \"" + *name + "\" (first defined at line " +
-                      std::to_string(it->second.line) + ")");
-        }
     }
     read_addresses(t, prefix, "listen", l.listen, false);
     // Two listeners on one address would silently split its connections

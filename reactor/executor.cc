@@ -259,10 +259,11 @@ bool executor::poll_io() {
         // completion work is waiting: park() will not sleep while it is, so
         // not entering here would spin until a timer tick ran it. The poll
         // ring completes only while polled.
-        const bool main_may_have_work =
-            ((r->setup_flags() & IORING_SETUP_DEFER_TASKRUN) && !_main_fresh) || r->kernel_has_work();
-        const bool must_enter = r->pending_submissions() > 0 || (r == _main.get() && main_may_have_work) ||
-                                (r == _poll.get() && r->in_flight() > 0);
+        const bool must_enter =
+            r->pending_submissions() > 0 ||
+            (r == _main.get() &&
+             (((r->setup_flags() & IORING_SETUP_DEFER_TASKRUN) && !_main_fresh) || r->kernel_has_work())) ||
+            (r == _poll.get() && r->in_flight() > 0);
         if (must_enter) {
             r->submit();
         }
