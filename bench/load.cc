@@ -148,7 +148,8 @@ struct connection {
             auto chunk = co_await in.next();
             if (!chunk) {
                 if (chunk.error() == std::errc::no_buffer_space) {
-                    continue;  // released as we go; next() re-arms
+                    co_await in.wait_for_buffers();  // released as we go
+                    continue;
                 }
                 if (chunk.error() != std::errc::operation_canceled) {
                     fail(&shard_result::resets, "receive failed: " + chunk.error().message());
@@ -287,12 +288,12 @@ struct connection {
             fail(&shard_result::connect_errors, "socket: " + sock.error().message());
             co_return;
         }
-        fd = *sock;
+        fd = sock->release();  // closed below, with close_socket()
         set_nodelay(fd, true);
         auto ec = co_await connect(fd, plan.opts->target);
         if (ec) {
             fail(&shard_result::connect_errors, "connect to " + plan.opts->target.to_string() + ": " + ec.message());
-            co_await close_socket(fd);
+            close_socket(fd);
             co_return;
         }
         ++out.connected;
@@ -305,7 +306,7 @@ struct connection {
             co_await sleep_for(std::chrono::milliseconds(1));
         }
         out.unanswered += flight.size();
-        co_await close_socket(fd);  // cancels the receive if it still waits
+        close_socket(fd);  // cancels the receive if it still waits
         co_await receiver;
     }
 };

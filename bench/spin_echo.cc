@@ -32,10 +32,8 @@
 
 namespace {
 
-// Received chunks rotate through this many buffers: an incomplete sockperf
-// header may span up to 14 earlier chunks (held_chunks()), which must stay
-// untouched until the header completes and its bytes are sent.
-constexpr std::size_t chunk_count = 16;
+// One receive buffer: the framing keeps nothing of it once its replies are
+// sent (a header cut by a read is copied into the parser).
 constexpr std::size_t chunk_size = 64 * 1024;
 // sockperf's largest message (65507 B) and then some.
 constexpr std::uint64_t max_message = 1 << 20;
@@ -67,12 +65,12 @@ bool send_all(int fd, std::vector<iovec>& iov) {
 }
 
 void serve(int fd) {
-    static std::array<std::array<std::byte, chunk_size>, chunk_count> chunks;
+    static std::array<std::byte, chunk_size> chunk;
     shardd::server::sockperf_framing framing(max_message);
     std::vector<iovec> out;
-    std::size_t next = 0;
+    shardd::server::header_copies copies;
     for (;;) {
-        std::byte* buf = chunks[next].data();
+        std::byte* buf = chunk.data();
         ssize_t n = recv(fd, buf, chunk_size, MSG_DONTWAIT);
         if (n == 0) {
             return;
@@ -84,14 +82,14 @@ void serve(int fd) {
             return;
         }
         out.clear();
-        if (auto error = framing.feed(buf, static_cast<std::size_t>(n), out); !error.empty()) {
+        copies.clear();
+        if (auto error = framing.feed(buf, static_cast<std::size_t>(n), out, copies); !error.empty()) {
             std::fprintf(stderr, "spin-echo: closing: %s\n", error.c_str());
             return;
         }
         if (!out.empty() && !send_all(fd, out)) {
             return;
         }
-        next = (next + 1) % chunk_count;
     }
 }
 

@@ -72,15 +72,74 @@ void buffer_ring::add(std::uint16_t bid) noexcept {
     io_uring_buf_ring_advance(_br, 1);
 }
 
-void buffer_ring::wake_waiters() {
-    for (auto& w : std::exchange(_waiters, {})) {
-        w.exec->schedule(w.h, w.queue);
+void buffer_ring::unlink(available_op* w) noexcept {
+    (w->_prev ? w->_prev->_next : _waiters_head) = w->_next;
+    (w->_next ? w->_next->_prev : _waiters_tail) = w->_prev;
+    w->_prev = w->_next = nullptr;
+    w->_queued = false;
+    --_waiter_count;
+}
+
+void buffer_ring::wake_one() noexcept {
+    available_op* w = _waiters_head;
+    unlink(w);
+    w->_abort_sub.unsubscribe();
+    w->_woken = true;
+    ++_waking;
+    w->_exec->schedule(w->_h, w->_queue);
+}
+
+buffer_ring::available_op::~available_op() {
+    if (_queued) {
+        _br.unlink(this);
+    }
+    if (_woken) {
+        _br.token_returned();  // woken, never resumed
     }
 }
 
+bool buffer_ring::available_op::await_ready() const noexcept {
+    if (_abort && _abort->abort_requested()) {
+        return true;
+    }
+    // Nobody waits ahead of us, and a buffer is free that no woken waiter
+    // is about to take.
+    return _br._waiters_head == nullptr && _br.free_buffers() > _br._waking;
+}
+
 void buffer_ring::available_op::await_suspend(std::coroutine_handle<> h) {
-    executor* ex = executor::current();
-    br->_waiters.push_back({h, ex, ex->current_queue()});
+    _exec = executor::current();
+    _queue = _exec->current_queue();
+    _h = h;
+    _prev = _br._waiters_tail;
+    _next = nullptr;
+    (_br._waiters_tail ? _br._waiters_tail->_next : _br._waiters_head) = this;
+    _br._waiters_tail = this;
+    _queued = true;
+    ++_br._waiter_count;
+    if (_abort) {
+        _abort_sub.subscribe(*_abort, &on_abort, this);
+    }
+}
+
+bool buffer_ring::available_op::await_resume() noexcept {
+    const bool aborted = _abort && _abort->abort_requested();
+    if (std::exchange(_woken, false)) {
+        if (_keep_token && !aborted) {
+            _token = true;
+        } else {
+            _br.token_returned();
+        }
+    }
+    return !aborted;
+}
+
+void buffer_ring::available_op::on_abort(void* self) noexcept {
+    auto* w = static_cast<available_op*>(self);
+    if (w->_queued) {
+        w->_br.unlink(w);
+        w->_exec->schedule(w->_h, w->_queue);
+    }
 }
 
 }  // namespace shardd

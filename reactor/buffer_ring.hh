@@ -6,6 +6,7 @@
 // liburing 2.3 has no io_uring_setup_buf_ring(), so the ring memory is
 // mapped and registered here by hand (io_uring_register_buf_ring).
 
+#include "reactor/abort_source.hh"
 #include "reactor/expected.hh"
 #include "reactor/internal/ring.hh"
 
@@ -49,24 +50,63 @@ public:
     void release(std::uint16_t bid) noexcept {
         add(bid);
         --_in_use;
-        if (!_waiters.empty() && free_buffers() >= _wake_at) [[unlikely]] {
-            wake_waiters();
-        }
+        maybe_wake();
     }
 
     unsigned free_buffers() const noexcept { return _count - _in_use; }
 
-    // Waits until at least 1/8 of the buffers are free again: what a
-    // receive that ended with -ENOBUFS does before it re-arms. Waking at a
-    // fraction rather than at one free buffer keeps a crowd of starved
-    // connections from re-arming (and failing) once per released buffer.
-    struct available_op {
-        buffer_ring* br;
-        bool await_ready() const noexcept { return br->free_buffers() >= br->_wake_at; }
+    // Waits until a buffer is free: what a receive that ended with -ENOBUFS
+    // does before it re-arms. First come, first served: each release wakes
+    // the oldest waiter, and only while there are more free buffers than
+    // woken waiters that have not used theirs yet, so a crowd of starved
+    // connections re-arms as fast as buffers come back, not all at once to
+    // fail again. With an abort_source the wait ends early; await_resume()
+    // says false then.
+    //
+    // A woken waiter holds a wake token until it has used the buffer it was
+    // woken for. A plain waiter gives it back when it resumes; a receive
+    // (`keep_token`, recv_stream::wait_for_buffers()) keeps it until its
+    // next completion, which either took a buffer (token_spent()) or did not
+    // (token_returned(): the next waiter gets its turn).
+    class [[nodiscard]] available_op {
+    public:
+        available_op(buffer_ring& br, abort_source* abort, bool keep_token)
+            : _br(br), _abort(abort), _keep_token(keep_token) {}
+        available_op(const available_op&) = delete;
+        ~available_op();
+        bool await_ready() const noexcept;
         void await_suspend(std::coroutine_handle<> h);
-        void await_resume() const noexcept {}
+        bool await_resume() noexcept;
+        // After await_resume(): whether the caller now holds a wake token.
+        bool holds_token() const noexcept { return _token; }
+
+    private:
+        friend class buffer_ring;
+        static void on_abort(void* self) noexcept;
+        buffer_ring& _br;
+        abort_source* _abort;
+        bool _keep_token;
+        abort_subscription _abort_sub;
+        available_op* _prev = nullptr;
+        available_op* _next = nullptr;
+        bool _queued = false;
+        bool _woken = false;
+        bool _token = false;
+        std::coroutine_handle<> _h;
+        executor* _exec = nullptr;
+        internal::task_queue* _queue = nullptr;
     };
-    available_op available() noexcept { return {this}; }
+    available_op available(abort_source* abort = nullptr, bool keep_token = false) noexcept {
+        return available_op(*this, abort, keep_token);
+    }
+    // Receives waiting in available().
+    std::size_t waiters() const noexcept { return _waiter_count; }
+    // A kept wake token: its holder's receive took a buffer, or did not.
+    void token_spent() noexcept { --_waking; }
+    void token_returned() noexcept {
+        --_waking;
+        maybe_wake();
+    }
 
     // Buffers handed out and not yet released.
     unsigned in_use() const noexcept { return _in_use; }
@@ -76,15 +116,15 @@ public:
 
 private:
     buffer_ring(internal::ring& on, std::uint16_t group, unsigned count, std::size_t size)
-        : _on(on), _group(group), _count(count), _size(size), _wake_at(count >= 8 ? count / 8 : 1) {}
+        : _on(on), _group(group), _count(count), _size(size) {}
     void add(std::uint16_t bid) noexcept;
-    void wake_waiters();
-
-    struct waiter {
-        std::coroutine_handle<> h;
-        executor* exec;
-        internal::task_queue* queue;
-    };
+    void wake_one() noexcept;
+    void maybe_wake() noexcept {
+        if (_waiters_head && free_buffers() > _waking) [[unlikely]] {
+            wake_one();
+        }
+    }
+    void unlink(available_op* w) noexcept;
 
     internal::ring& _on;
     std::uint16_t _group;
@@ -95,10 +135,14 @@ private:
     std::byte* _buffers = nullptr;
     std::size_t _buffer_bytes = 0;
     bool _registered = false;
-    unsigned _wake_at;
     unsigned _in_use = 0;
     std::uint64_t _exhausted = 0;
-    std::vector<waiter> _waiters;
+    // available() waiters, oldest first (intrusive: the awaitables).
+    available_op* _waiters_head = nullptr;
+    available_op* _waiters_tail = nullptr;
+    std::size_t _waiter_count = 0;
+    // Wake tokens out: woken waiters that have not used their buffer yet.
+    unsigned _waking = 0;
 };
 
 }  // namespace shardd

@@ -42,6 +42,18 @@ constexpr std::uint64_t slice_clock_check_every = 16;
 
 executor* executor::current() noexcept { return t_current; }
 
+void internal::report_unobserved(const std::exception_ptr& error) noexcept {
+    const executor* ex = executor::current();
+    const std::string where = ex ? ex->name() : std::string("executor");
+    try {
+        std::rethrow_exception(error);
+    } catch (const std::exception& e) {
+        spdlog::error("{}: a task nobody awaited failed: {}", where, e.what());
+    } catch (...) {
+        spdlog::error("{}: a task nobody awaited failed with a non-standard exception", where);
+    }
+}
+
 executor::executor(const executor_config& cfg) : _cfg(cfg) {}
 
 expected<std::unique_ptr<executor>, start_error> executor::create(const executor_config& cfg) {
@@ -140,6 +152,12 @@ expected<std::unique_ptr<executor>, start_error> executor::create(const executor
 executor::~executor() {
     drain_for_shutdown();
     _roots.destroy_all();
+    // What the destroyed frames' streams deferred: free, submit nothing.
+    for (internal::ring* r : {_latency.get(), _main.get(), _poll.get()}) {
+        if (r) {
+            r->run_deferred(true);
+        }
+    }
     if (_event_fd >= 0) {
         close(_event_fd);
     }
@@ -271,6 +289,11 @@ bool executor::poll_io() {
     }
     _main_fresh = false;
     bool did = n > 0;
+    // What the callbacks asked for that takes SQEs (re-arming or stopping
+    // a multishot stream): submitted with the next enter.
+    for (internal::ring* r : {_latency.get(), _main.get(), _poll.get()}) {
+        did |= r->run_deferred();
+    }
     for (work_source* s : _sources) {
         did |= s->poll();
     }
@@ -342,6 +365,12 @@ bool executor::run_one_slice() {
 }
 
 void executor::park() {
+    // Callbacks run by a reap inside get_sqe() (a task filled the SQ) may
+    // have deferred actions since the last poll_io(); their SQEs go out
+    // with the wait below.
+    for (internal::ring* r : {_latency.get(), _main.get(), _poll.get()}) {
+        r->run_deferred();
+    }
     if (_cfg.spin_before_park.count() > 0) {
         const std::uint64_t until = now_ns() + static_cast<std::uint64_t>(_cfg.spin_before_park.count());
         do {
@@ -373,7 +402,13 @@ void executor::park() {
         _main->submit_and_wait();
         _main_fresh = true;
     }
-    _sleeping.store(0, std::memory_order_relaxed);
+    // An RMW, not a plain store: wake()'s argument needs every write to
+    // _sleeping to be an RMW, so that each reads the one before it and the
+    // writes form one release sequence. A relaxed store would start a new
+    // one, and a waker whose RMW read it would synchronise with nothing the
+    // sleeper did before. Harmless on x86 (stores are ordered anyway), not
+    // on ARM.
+    _sleeping.exchange(0, std::memory_order_acq_rel);
 }
 
 void executor::run_until(const bool& done) {
@@ -431,6 +466,7 @@ void executor::drain_for_shutdown() {
             spdlog::warn("{}: {} ring still has {} operations in flight at shutdown", _cfg.name,
                          internal::to_string(r->kind()), r->in_flight());
         }
+        r->run_deferred(true);
     }
     for (auto& q : _queues) {
         q->runnable.clear();

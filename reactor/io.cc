@@ -12,9 +12,23 @@ __kernel_timespec to_kernel_timespec(nanoseconds d) noexcept {
 }
 
 void op_state::finish_one() noexcept {
-    if (--outstanding == 0 && waiter) {
-        exec->schedule(std::exchange(waiter, {}), queue);
+    if (--outstanding == 0) {
+        abort_sub.unsubscribe();
+        if (waiter) {
+            exec->schedule(std::exchange(waiter, {}), queue);
+        }
     }
+}
+
+void op_state::on_abort(void* self) noexcept {
+    auto* op = static_cast<op_state*>(self);
+    if (op->outstanding == 0) {
+        return;
+    }
+    // By user_data: the operation itself. A linked timeout goes with it.
+    io_uring_sqe* sqe = op->on->get_sqe();
+    io_uring_prep_cancel64(sqe, reinterpret_cast<std::uint64_t>(static_cast<completion*>(op)), 0);
+    op->on->track(sqe, nullptr);
 }
 
 void op_state::on_cqe(completion* c, int res, std::uint32_t flags) noexcept {
@@ -67,11 +81,27 @@ void sleep_op::await_suspend(std::coroutine_handle<> h) {
     io_uring_prep_timeout(sqe, &_state.ts, 0, _absolute ? IORING_TIMEOUT_ABS : 0);
     _state.on->track(sqe, &_state);
     _state.outstanding = 1;
+    if (_abort) {
+        _state.abort_sub.subscribe(*_abort, &sleep_op::on_abort, this);
+    }
 }
 
+bool sleep_op::await_resume() noexcept {
+    if (_cancelled || (_abort && _abort->abort_requested())) {
+        return false;
+    }
+    return (!_absolute && _d.count() <= 0) || _state.result == -ETIME;
+}
+
+void sleep_op::on_abort(void* self) noexcept { static_cast<sleep_op*>(self)->cancel(); }
+
 void sleep_op::cancel() {
-    if (_state.outstanding == 0 || _state.on == nullptr) {
+    if (_cancelled) {
         return;
+    }
+    _cancelled = true;
+    if (_state.outstanding == 0 || _state.on == nullptr) {
+        return;  // not started, or its CQE is in: await_resume says false
     }
     io_uring_sqe* sqe = _state.on->get_sqe();
     io_uring_prep_timeout_remove(sqe, reinterpret_cast<std::uint64_t>(static_cast<completion*>(&_state)), 0);

@@ -9,7 +9,9 @@
 //   auto n = co_await read(fd, buf, len, offset);
 //   auto r = co_await with_timeout(read(fd, buf, len, 0), 10ms);  // errc::timed_out
 //   co_await sleep_for(5ms);
+//   auto r = co_await recv_some(fd, buf, len).with_abort(stop);   // errc::operation_canceled
 
+#include "reactor/abort_source.hh"
 #include "reactor/executor.hh"
 
 #include <chrono>
@@ -35,9 +37,14 @@ struct op_state : completion {
         op_state* owner = nullptr;
     } timeout_c;
     __kernel_timespec ts{};
+    // While the operation is in the kernel: its abort_source, if any.
+    abort_subscription abort_sub;
 
     static void on_cqe(completion* c, int res, std::uint32_t flags) noexcept;
     static void on_timeout_cqe(completion* c, int res, std::uint32_t flags) noexcept;
+    // abort_source callback: asks the kernel to cancel the operation; the
+    // waiter resumes on its final CQE (-ECANCELED, or its result if it won).
+    static void on_abort(void* self) noexcept;
     void finish_one() noexcept;
 };
 
@@ -50,7 +57,10 @@ class [[nodiscard]] io_op : internal::op_state {
 public:
     io_op(internal::ring* r, Prep prep) : _prep(std::move(prep)) { on = r; }
     io_op(const io_op&) = delete;
-    io_op(io_op&& o) noexcept : internal::op_state(), _prep(std::move(o._prep)), _timeout(o._timeout) { on = o.on; }
+    io_op(io_op&& o) noexcept
+        : internal::op_state(), _prep(std::move(o._prep)), _timeout(o._timeout), _abort(o._abort) {
+        on = o.on;
+    }
 
     // Fails the operation with errc::timed_out if it has not completed in
     // `d` (IORING_OP_LINK_TIMEOUT: the kernel cancels it).
@@ -58,8 +68,21 @@ public:
         _timeout = d;
         return std::move(*this);
     }
+    // Ends the wait with errc::operation_canceled when `as` is aborted,
+    // before the operation starts (it is then never submitted) or while it
+    // is in the kernel (it is cancelled there).
+    io_op&& with_abort(abort_source& as) && {
+        _abort = &as;
+        return std::move(*this);
+    }
 
-    bool await_ready() const noexcept { return false; }
+    bool await_ready() noexcept {
+        if (_abort && _abort->abort_requested()) {
+            result = -ECANCELED;
+            return true;
+        }
+        return false;
+    }
     void await_suspend(std::coroutine_handle<> h) {
         exec = executor::current();
         waiter = h;
@@ -79,6 +102,9 @@ public:
             on->track(t, &timeout_c);
             outstanding = 2;
         }
+        if (_abort) {
+            abort_sub.subscribe(*_abort, &internal::op_state::on_abort, static_cast<internal::op_state*>(this));
+        }
     }
     expected<std::uint32_t> await_resume() const noexcept {
         if (result >= 0) {
@@ -94,6 +120,7 @@ public:
 private:
     Prep _prep;
     std::optional<nanoseconds> _timeout;
+    abort_source* _abort = nullptr;
 };
 
 template <typename Prep>
@@ -138,29 +165,40 @@ inline auto poll_fd(int fd, unsigned events) {
 // expiry preempts throughput work.
 class [[nodiscard]] sleep_op {
 public:
-    // Relative, or absolute on CLOCK_MONOTONIC.
-    sleep_op(nanoseconds d, bool absolute) : _d(d), _absolute(absolute) {}
+    // Relative, or absolute on CLOCK_MONOTONIC; `abort` ends it early.
+    sleep_op(nanoseconds d, bool absolute, abort_source* abort = nullptr) : _d(d), _absolute(absolute), _abort(abort) {}
     sleep_op(const sleep_op&) = delete;
 
-    bool await_ready() const noexcept { return !_absolute && _d.count() <= 0; }
+    bool await_ready() const noexcept {
+        return _cancelled || (_abort && _abort->abort_requested()) || (!_absolute && _d.count() <= 0);
+    }
     void await_suspend(std::coroutine_handle<> h);
-    // Returns false when the sleep was cancelled before it expired.
-    bool await_resume() const noexcept { return await_ready() || _state.result == -ETIME; }
+    // True when the sleep ran its course; false when it was cancelled or
+    // aborted, whenever that happened: before it started, while it ran, or
+    // after it expired but before the sleeper resumed.
+    bool await_resume() noexcept;
 
-    // Cancels a pending sleep from another task; the sleeper resumes with
-    // false. Does nothing if it already expired.
+    // Cancels the sleep: the sleeper resumes with false (at once if it
+    // sleeps; an await that has not started yet returns false at once).
     void cancel();
 
 private:
+    static void on_abort(void* self) noexcept;
     internal::op_state _state;
     nanoseconds _d;
     bool _absolute;
+    bool _cancelled = false;
+    abort_source* _abort;
 };
 
 inline sleep_op sleep_for(nanoseconds d) { return sleep_op(d, false); }
+inline sleep_op sleep_for(nanoseconds d, abort_source& abort) { return sleep_op(d, false, &abort); }
 // `deadline` on CLOCK_MONOTONIC (std::chrono::steady_clock on Linux).
 inline sleep_op sleep_until(std::chrono::steady_clock::time_point deadline) {
     return sleep_op(deadline.time_since_epoch(), true);
+}
+inline sleep_op sleep_until(std::chrono::steady_clock::time_point deadline, abort_source& abort) {
+    return sleep_op(deadline.time_since_epoch(), true, &abort);
 }
 
 // Yields the CPU when need_preempt() says latency work is waiting (or

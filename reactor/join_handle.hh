@@ -10,22 +10,33 @@ namespace shardd {
 
 namespace internal {
 
-template <typename T>
-struct join_state {
-    std::optional<T> value;
+// Logs an exception that ended a task nobody awaited (a detached task, or
+// one whose join_handle was dropped): it must not vanish unseen.
+void report_unobserved(const std::exception_ptr& error) noexcept;
+
+struct join_state_base {
     std::exception_ptr error;
+    bool observed = false;  // an awaiter (or run()) took the result
     bool done = false;
     std::coroutine_handle<> waiter;
     task_queue* waiter_queue = nullptr;
+    join_state_base() = default;
+    join_state_base(const join_state_base&) = delete;
+    join_state_base& operator=(const join_state_base&) = delete;
+    ~join_state_base() {
+        if (error && !observed) {
+            report_unobserved(error);
+        }
+    }
+};
+
+template <typename T>
+struct join_state : join_state_base {
+    std::optional<T> value;
 };
 
 template <>
-struct join_state<void> {
-    std::exception_ptr error;
-    bool done = false;
-    std::coroutine_handle<> waiter;
-    task_queue* waiter_queue = nullptr;
-};
+struct join_state<void> : join_state_base {};
 
 // The coroutine that drives a spawned task. It starts suspended (the
 // executor resumes it from the queue) and, when done, unlinks itself from
@@ -92,6 +103,7 @@ public:
                 st->waiter_queue = executor::current()->current_queue();
             }
             T await_resume() {
+                st->observed = true;
                 if (st->error) {
                     std::rethrow_exception(st->error);
                 }
@@ -128,6 +140,7 @@ T executor::run(task<T> main) {
         // Stopped before main finished.
         throw std::runtime_error("executor " + _cfg.name + " stopped before its main task finished");
     }
+    h._st->observed = true;
     if (h._st->error) {
         std::rethrow_exception(h._st->error);
     }

@@ -30,6 +30,7 @@ private:
 shard_mesh::shard_mesh(std::size_t shards, std::size_t queue_capacity)
     : _shards(shards), _executors(shards, nullptr), _inboxes(shards), _backlog(shards) {
     _queues.resize(shards * shards);
+    _sender_waiting = std::make_unique<waiting_flag[]>(shards * shards);
     for (std::size_t from = 0; from < shards; ++from) {
         _backlog[from].resize(shards);
         for (std::size_t to = 0; to < shards; ++to) {
@@ -97,25 +98,42 @@ bool shard_mesh::drain_inbox(unsigned to) {
         }
         // A bounded batch per source per iteration, so one chatty shard does
         // not starve the others or the local tasks.
+        bool popped = false;
         for (int i = 0; i < 256; ++i) {
             auto msg = queue(from, to).pop();
             if (!msg) {
                 break;
             }
             msg->fn(msg->arg);
-            any = true;
+            popped = true;
         }
+        // The queue has room again: wake its sender if it sleeps on a
+        // backlog. An RMW after our pops (release stores of the head),
+        // against the sender's RMW before it looks for room: one of the two
+        // reads the other, so either it sees the room or we see it waiting.
+        if (popped && _sender_waiting[from * _shards + to].value.exchange(0, std::memory_order_acq_rel) != 0) {
+            _executors[from]->wake();
+        }
+        any |= popped;
     }
     return any;
 }
 
-bool shard_mesh::inbox_has_work(unsigned to) const {
+bool shard_mesh::inbox_has_work(unsigned to) {
     for (unsigned from = 0; from < _shards; ++from) {
         if (from != to && !_queues[from * _shards + to]->empty()) {
             return true;
         }
-        if (!_backlog[to][from].empty()) {
-            return true;  // our own backlog must be retried, not slept on
+    }
+    // Our own backlogs: retry now if their queue has room, else sleep and
+    // let the receiver wake us (drain_inbox) when it takes something.
+    for (unsigned dest = 0; dest < _shards; ++dest) {
+        if (_backlog[to][dest].empty()) {
+            continue;
+        }
+        _sender_waiting[to * _shards + dest].value.exchange(1, std::memory_order_acq_rel);
+        if (!queue(to, dest).full()) {
+            return true;
         }
     }
     return false;

@@ -6,7 +6,9 @@
 // shard. A sender whose queue is full keeps the message in a local backlog and
 // retries on its next loop iteration, so a slow receiver never blocks a
 // sender's thread. The receiver is woken through its eventfd only when it has
-// announced that it is going to sleep.
+// announced that it is going to sleep. A sender with a backlog may sleep
+// too: it asks the receiver (sender_waiting) to wake it once it has taken
+// something from that queue.
 
 #include "reactor/executor.hh"
 #include "reactor/spsc_queue.hh"
@@ -53,10 +55,18 @@ private:
     spsc_queue<shard_message>& queue(unsigned from, unsigned to) { return *_queues[from * _shards + to]; }
     bool flush_backlog(unsigned from);
     bool drain_inbox(unsigned to);
-    bool inbox_has_work(unsigned to) const;
+    bool inbox_has_work(unsigned to);
+
+    // Set by a sender that goes to sleep with a backlog towards `to`; the
+    // receiver clears it when it pops from that queue and wakes the sender.
+    // Both sides write it, so each flag has its own cache line.
+    struct alignas(64) waiting_flag {
+        std::atomic<unsigned> value{0};
+    };
 
     std::size_t _shards;
     std::vector<std::unique_ptr<spsc_queue<shard_message>>> _queues;  // [from * n + to], null on the diagonal
+    std::unique_ptr<waiting_flag[]> _sender_waiting;                  // [from * n + to]
     std::vector<executor*> _executors;
     std::vector<std::unique_ptr<inbox>> _inboxes;
     // backlog[from][to], touched only by shard `from`.

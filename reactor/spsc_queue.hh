@@ -65,6 +65,11 @@ public:
         return out;
     }
 
+    // Producer side: whether push() would fail now.
+    bool full() const noexcept {
+        return _tail.value.load(std::memory_order_relaxed) - _head.value.load(std::memory_order_acquire) >= capacity();
+    }
+
     // Either side; a snapshot.
     bool empty() const noexcept {
         return _head.value.load(std::memory_order_acquire) == _tail.value.load(std::memory_order_acquire);
@@ -74,8 +79,13 @@ private:
     struct slot {
         alignas(T) std::byte bytes[sizeof(T)];
     };
-    // Producer and consumer indices each on their own cache line: the other
-    // core reads them, and sharing a line would bounce it on every message.
+    // Every field that one side writes is alone on its cache line, so the
+    // other side's reads never bounce a line that the writer needs.
+    // Read-only after construction, read by both sides: their own line,
+    // which nobody writes (beside the consumer's _tail_cache they would
+    // miss in the producer's cache on every consumer pop).
+    alignas(64) std::size_t _mask = 0;
+    std::unique_ptr<slot[]> _slots;
     struct alignas(64) index {
         std::atomic<std::size_t> value{0};
     };
@@ -83,8 +93,6 @@ private:
     index _tail;                              // written by the producer
     alignas(64) std::size_t _head_cache = 0;  // producer's view of _head
     alignas(64) std::size_t _tail_cache = 0;  // consumer's view of _tail
-    std::size_t _mask = 0;
-    std::unique_ptr<slot[]> _slots;
 };
 
 }  // namespace shardd

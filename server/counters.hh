@@ -5,6 +5,7 @@
 #include <atomic>
 #include <cstdint>
 #include <string>
+#include <utility>
 
 namespace shardd::server {
 
@@ -34,7 +35,9 @@ struct alignas(64) shard_counters {
     shard_counter bytes_out;
     // Receives that found the shard's buffer ring empty (-ENOBUFS).
     shard_counter enobufs;
-    // Times a connection stopped receiving because max_pending was reached.
+    // Times a connection stopped receiving because its peer did not take
+    // what it sent back (or, on kernels without the multishot byte limit,
+    // because it reached max_pending).
     shard_counter backpressure_pauses;
     // accept() failed for lack of file descriptors or memory: timer back-off.
     shard_counter accept_backoffs;
@@ -42,6 +45,13 @@ struct alignas(64) shard_counters {
     // Connections that ended in an error (reset, broken pipe) or broke the
     // protocol.
     shard_counter errors;
+    // Of those, the ones that broke the protocol (sockperf framing).
+    shard_counter protocol_errors;
+    // Peer-caused log lines left out by the rate limit (peer_log).
+    shard_counter log_suppressed;
+    // Bytes a peer did not take at once, copied out of the receive pool
+    // into their connection's own memory (see echo_connection.hh).
+    shard_counter bytes_spilled;
 
     std::uint64_t active() const noexcept { return accepted.get() - closed.get(); }
     std::string summary() const;

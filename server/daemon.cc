@@ -8,8 +8,11 @@
 #include "reactor/executor_pool.hh"
 #include "reactor/io.hh"
 
+#include <algorithm>
 #include <cerrno>
+#include <chrono>
 #include <csignal>
+#include <cstdlib>
 #include <cstring>
 #include <latch>
 #include <poll.h>
@@ -18,11 +21,23 @@
 #include <sys/eventfd.h>
 #include <sys/resource.h>
 #include <sys/signalfd.h>
+#include <thread>
 #include <unistd.h>
 
 namespace shardd::server {
 
 namespace {
+
+using namespace std::chrono_literals;
+
+// How long past shutdown_timeout the main thread waits for the shards to
+// report that they drained. Each shard bounds its own drain by
+// shutdown_timeout plus 2 s (shard_service.cc); this is the main thread's
+// own deadline, for a shard that cannot get there.
+constexpr std::chrono::nanoseconds main_drain_grace = 5s;
+// Once the main thread stops the pool after a drain, how long the process
+// may take to get out before it exits regardless.
+constexpr std::chrono::nanoseconds stop_watchdog = 5s;
 
 // A shard's main task: log what the kernel gave this shard, then serve its
 // share of the listeners until drained. READY=1 goes to systemd only once
@@ -222,10 +237,6 @@ int run_daemon(config::config cfg, const cpu_set& cpus, const daemon_options& op
         spdlog::critical("{}", listeners.error());
         return exit_failure;
     }
-    struct close_unused {
-        std::vector<bound_listener>& l;
-        ~close_unused() { close_listeners(l); }
-    } close_listeners_guard{*listeners};
 
     std::vector<shard_counters> counters(shards);
     std::vector<std::string> errors(shards);
@@ -262,10 +273,26 @@ int run_daemon(config::config cfg, const cpu_set& cpus, const daemon_options& op
     // (a second SIGTERM/SIGINT stops at once) and the shards' exits.
     int status = exit_ok;
     bool draining = false;
+    std::chrono::steady_clock::time_point drain_deadline{};
     std::uint64_t shards_done = 0;
     while (shards_done < shards) {
         pollfd fds[2] = {{sfd, POLLIN, 0}, {signals.done, POLLIN, 0}};
-        if (poll(fds, draining ? 2 : 1, -1) < 0) {
+        int timeout_ms = -1;
+        if (draining) {
+            const auto left = drain_deadline - std::chrono::steady_clock::now();
+            timeout_ms =
+                static_cast<int>(std::max<std::int64_t>(0, std::chrono::ceil<std::chrono::milliseconds>(left).count()));
+        }
+        const int ready = poll(fds, draining ? 2 : 1, timeout_ms);
+        if (ready == 0) {
+            // A shard that has not ended by now is stuck: its own drain is
+            // bounded by shutdown_timeout plus drain_abort_bound.
+            spdlog::error("shards did not finish draining within shutdown_timeout + {}; stopping them",
+                          config::format_duration(main_drain_grace));
+            status = exit_failure;
+            break;
+        }
+        if (ready < 0) {
             if (errno == EINTR) {
                 continue;
             }
@@ -302,6 +329,7 @@ int run_daemon(config::config cfg, const cpu_set& cpus, const daemon_options& op
                          config::format_duration(cfg.runtime.shutdown_timeout));
             sd_notify("STOPPING=1");
             draining = true;
+            drain_deadline = std::chrono::steady_clock::now() + cfg.runtime.shutdown_timeout + main_drain_grace;
             signals.start_drain();
         } else if (sig == SIGHUP) {
             if (draining) {
@@ -313,6 +341,16 @@ int run_daemon(config::config cfg, const cpu_set& cpus, const daemon_options& op
         } else if (sig == SIGUSR1) {
             spdlog::info("SIGUSR1 received: logs go to stderr, nothing to reopen");
         }
+    }
+    if (draining) {
+        // The last resort, should a shard's thread be stuck where a stop
+        // request cannot reach it: stopping the pool joins every thread.
+        std::thread([] {
+            std::this_thread::sleep_for(stop_watchdog);
+            spdlog::critical("the shards did not stop within {}: exiting", config::format_duration(stop_watchdog));
+            spdlog::shutdown();
+            std::_Exit(exit_failure);
+        }).detach();
     }
     (*pool)->stop();
     log_counters(counters);

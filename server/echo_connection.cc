@@ -3,6 +3,7 @@
 #include "reactor/net.hh"
 
 #include <algorithm>
+#include <cstring>
 #include <spdlog/spdlog.h>
 #include <sys/socket.h>
 
@@ -10,9 +11,16 @@ namespace shardd::server {
 
 namespace {
 
-// Buffers gathered into one sendmsg. 64 x 16 KiB = 1 MiB per send, well
-// under IOV_MAX (1024); more would only delay releasing the first buffers.
-constexpr std::size_t max_send_iovecs = 64;
+// Buffers taken into one round: 64 x 16 KiB = 1 MiB per send, well under
+// IOV_MAX (1024) for raw echo; more would only delay handing the first ones
+// back.
+constexpr std::size_t max_batch_buffers = 64;
+// Ranges per sendmsg. sockperf replies can make several per buffer (a
+// warm-up message between two replies splits a range); IOV_MAX is 1024.
+constexpr std::size_t max_send_iovecs = 1024;
+// The spill's first allocation; it doubles from there as needed (up to
+// max_pending, by the receive's byte limit).
+constexpr std::size_t min_spill = 4096;
 
 std::string peer_name(int fd) {
     sockaddr_storage ss{};
@@ -23,59 +31,88 @@ std::string peer_name(int fd) {
     return socket_address(reinterpret_cast<sockaddr*>(&ss), len).to_string();
 }
 
+bool is_cancel(const std::error_code& ec) { return ec == std::errc::operation_canceled; }
+
 }  // namespace
 
-echo_connection::echo_connection(int fd, buffer_ring& buffers, const echo_options& opts, shard_counters& counters)
-    : _fd(fd), _buffers(buffers), _opts(opts), _counters(counters) {
+echo_connection::echo_connection(int fd, buffer_ring& buffers, const echo_options& opts, shard_counters& counters,
+                                 peer_log& log)
+    : _fd(fd), _buffers(buffers), _opts(opts), _counters(counters), _log(log) {
     if (opts.protocol == config::echo_protocol::sockperf) {
         _framing.emplace(opts.max_message);
     }
 }
 
 bool echo_connection::absorb(std::byte* data, std::uint32_t len, std::uint16_t bid) {
-    _held.push_back({bid, len});
-    _held_bytes += len;
+    _held.push_back(bid);
     _activity += len;
     _counters.bytes_in.add(len);
     if (!_framing) {
         _out.push_back({data, len});
         return true;
     }
-    _protocol_error = _framing->feed(data, len, _out);
+    _protocol_error = _framing->feed(data, len, _out, _header_copies);
     return _protocol_error.empty();
 }
 
-// Every held buffer except those holding an incomplete sockperf header has
-// been sent (or needs no reply): hand them back.
-void echo_connection::release_done() {
-    const std::size_t keep = _framing ? _framing->held_chunks() : 0;
-    while (_held.size() > keep) {
-        _held_bytes -= _held.front().len;
-        _buffers.release(_held.front().bid);
-        _held.pop_front();
+void echo_connection::end_round() noexcept {
+    for (std::uint16_t bid : _held) {
+        _buffers.release(bid);
+    }
+    _held.clear();
+    _out.clear();
+    _header_copies.clear();
+}
+
+void echo_connection::spill(std::size_t first) {
+    std::size_t need = _spill_len;
+    for (std::size_t i = first; i < _out.size(); ++i) {
+        need += _out[i].iov_len;
+    }
+    if (need > _spill_cap) {
+        std::size_t cap = std::max(_spill_cap * 2, min_spill);
+        while (cap < need) {
+            cap *= 2;
+        }
+        auto grown = std::make_unique<std::byte[]>(cap);
+        if (_spill_len > 0) {
+            std::memcpy(grown.get(), _spill.get(), _spill_len);
+        }
+        _spill = std::move(grown);
+        _spill_cap = cap;
+    }
+    for (std::size_t i = first; i < _out.size(); ++i) {
+        std::memcpy(_spill.get() + _spill_len, _out[i].iov_base, _out[i].iov_len);
+        _spill_len += _out[i].iov_len;
+        _counters.bytes_spilled.add(_out[i].iov_len);
     }
 }
 
-task<std::error_code> echo_connection::flush() {
+task<std::error_code> echo_connection::send_round(recv_stream& rx) {
+    if (_spill_len > 0) {
+        // Behind what already waits for the peer.
+        spill(0);
+        co_return std::error_code{};
+    }
     std::size_t first = 0;
     while (first < _out.size()) {
         const std::size_t n = std::min(_out.size() - first, max_send_iovecs);
-        expected<std::uint32_t> sent = 0u;
-        if (n == 1) {
-            sent = co_await send_some(_fd, _out[first].iov_base, static_cast<std::uint32_t>(_out[first].iov_len));
-        } else {
-            msghdr msg{};
-            msg.msg_iov = &_out[first];
-            msg.msg_iovlen = n;
-            sent = co_await send_msg(_fd, &msg);
+        msghdr msg{};
+        msg.msg_iov = &_out[first];
+        msg.msg_iovlen = n;
+        std::size_t wanted = 0;
+        for (std::size_t i = first; i < first + n; ++i) {
+            wanted += _out[i].iov_len;
         }
-        if (!sent) {
+        auto sent = co_await send_msg(_fd, &msg, MSG_DONTWAIT).with_abort(_abort);
+        if (!sent && sent.error() != std::errc::resource_unavailable_try_again) {
             co_return sent.error();
         }
-        _counters.bytes_out.add(*sent);
-        _activity += *sent;
+        const std::size_t done = sent ? *sent : 0;
+        _counters.bytes_out.add(done);
+        _activity += done;
         // Drop what went out; a short send leaves the rest of an iovec.
-        for (std::size_t left = *sent; left > 0;) {
+        for (std::size_t left = done; left > 0;) {
             iovec& v = _out[first];
             const std::size_t take = std::min(left, v.iov_len);
             v.iov_base = static_cast<std::byte*>(v.iov_base) + take;
@@ -85,78 +122,130 @@ task<std::error_code> echo_connection::flush() {
                 ++first;
             }
         }
+        if (done < wanted) {
+            break;  // the socket's send buffer is full
+        }
     }
-    _out.clear();
-    release_done();
+    if (first == _out.size()) {
+        co_return std::error_code{};
+    }
+    // The peer does not keep up: keep the rest ourselves, and stop taking
+    // pool buffers for this socket until it is out.
+    _counters.backpressure_pauses.add();
+    spill(first);
+    end_round();
+    co_await rx.pause();
     co_return std::error_code{};
 }
 
+task<std::error_code> echo_connection::send_spill() {
+    std::size_t off = 0;
+    while (off < _spill_len) {
+        const auto chunk = static_cast<std::uint32_t>(std::min<std::size_t>(_spill_len - off, UINT32_MAX));
+        auto n = co_await send_some(_fd, _spill.get() + off, chunk).with_abort(_abort);
+        if (!n) {
+            co_return n.error();
+        }
+        off += *n;
+        _counters.bytes_out.add(*n);
+        _activity += *n;
+    }
+    // All out: an idle connection keeps no memory of its own.
+    _spill.reset();
+    _spill_len = 0;
+    _spill_cap = 0;
+    co_return std::error_code{};
+}
+
+void echo_connection::log_protocol_error() {
+    _counters.protocol_errors.add();
+    if (!_log.allow()) {
+        return;
+    }
+    const std::uint64_t suppressed = _log.take_suppressed();
+    if (suppressed > 0) {
+        spdlog::warn("closing connection from {}: {} ({} similar line{} suppressed)", peer_name(_fd), _protocol_error,
+                     suppressed, suppressed == 1 ? "" : "s");
+    } else {
+        spdlog::warn("closing connection from {}: {}", peer_name(_fd), _protocol_error);
+    }
+}
+
 task<echo_end> echo_connection::run() {
-    recv_stream rx(_fd, _buffers);
-    bool eof = false;
-    std::uint64_t pauses_seen = 0;
+    recv_stream rx(_fd, _buffers, &_abort);
     struct release_on_exit {
         echo_connection& c;
-        ~release_on_exit() {
-            c._out.clear();
-            while (!c._held.empty()) {
-                c._buffers.release(c._held.front().bid);
-                c._held.pop_front();
-            }
-            c._held_bytes = 0;
-        }
+        ~release_on_exit() { c.end_round(); }
     } guard{*this};
 
-    // The stream takes no more than max_pending minus what the connection
-    // holds: the kernel stops the multishot receive there.
-    auto budget = [&] { return _opts.max_pending > _held_bytes ? _opts.max_pending - _held_bytes : 0; };
-    while (!eof || rx.has_ready()) {
-        rx.limit_unread(budget());
+    bool eof = false;
+    std::optional<echo_end> end;
+    while (!end) {
+        if (_spill_len > 0 && !rx.has_ready()) {
+            // The receive is paused and nothing of the pool is held: wait on
+            // the peer for as long as it takes (or until abort()).
+            const std::error_code ec = co_await send_spill();
+            if (ec) {
+                end = is_cancel(ec) ? echo_end::aborted : echo_end::error;
+            }
+            continue;
+        }
+        if (eof) {
+            break;
+        }
+        // A round: one completion (waiting for it if none is there), then
+        // every completion already there, so that one send carries them all.
+        rx.limit_unread(_opts.max_pending);
         bool starved = false;
-        // One completion (waiting for it if none is there), then every
-        // completion already there, so that one send carries them all.
         do {
             auto r = co_await rx.next();
             if (!r) {
                 if (r.error() == std::errc::no_buffer_space) {
                     _counters.enobufs.add();
                     starved = true;
-                    break;
+                } else {
+                    end = is_cancel(r.error()) ? echo_end::aborted : echo_end::error;
                 }
-                co_return echo_end::error;
+                break;
             }
             if (r->data.empty()) {
                 eof = true;
                 break;
             }
             if (!absorb(r->data.data(), static_cast<std::uint32_t>(r->data.size()), r->buffer_id)) {
-                spdlog::warn("closing connection from {}: {}", peer_name(_fd), _protocol_error);
-                co_return echo_end::protocol_error;
+                // What earlier messages are owed still goes out below.
+                end = echo_end::protocol_error;
+                break;
             }
-        } while (rx.has_ready());
+        } while (rx.has_ready() && _held.size() < max_batch_buffers);
 
-        if (!_out.empty()) {
-            rx.limit_unread(budget());
-            if (_held_bytes >= _opts.max_pending) {
-                rx.pause();
+        if (!_out.empty() && (!end || *end == echo_end::protocol_error)) {
+            const std::error_code ec = co_await send_round(rx);
+            if (ec && !end) {
+                end = is_cancel(ec) ? echo_end::aborted : echo_end::error;
             }
-            if (auto ec = co_await flush()) {
-                co_return echo_end::error;
+        }
+        end_round();
+        if (starved && !end) {
+            // (Awaited outside the if: GCC 12 miscompiles a co_await of a
+            // temporary awaitable in an if condition; it traps.)
+            auto buffers = rx.wait_for_buffers(&_abort);
+            if (!co_await buffers) {
+                end = echo_end::aborted;
             }
-        } else {
-            release_done();
-        }
-        if (rx.pauses() != pauses_seen) {
-            _counters.backpressure_pauses.add(rx.pauses() - pauses_seen);
-            pauses_seen = rx.pauses();
-        }
-        if (starved) {
-            // The ring ran dry: our own buffers went back above; wait for
-            // others' before the next receive re-arms.
-            co_await _buffers.available();
         }
     }
-    co_return echo_end::closed;
+    if (end == echo_end::protocol_error) {
+        if (_spill_len > 0) {
+            // The replies owed before the bad message, then close.
+            co_await send_spill();
+        }
+        log_protocol_error();
+    }
+    _counters.backpressure_pauses.add(rx.pauses());
+    // Nothing of ours may stay in the kernel: the caller closes the socket.
+    co_await rx.stop();
+    co_return end.value_or(echo_end::closed);
 }
 
 }  // namespace shardd::server

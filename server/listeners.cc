@@ -3,16 +3,12 @@
 #include "reactor/net.hh"
 
 #include <spdlog/spdlog.h>
-#include <unistd.h>
 
 namespace shardd::server {
 
 expected<std::vector<bound_listener>, std::string> bind_listeners(const config::config& cfg, std::size_t shards) {
     std::vector<bound_listener> out;
-    auto fail = [&out](std::string why) {
-        close_listeners(out);
-        return unexpected{std::move(why)};
-    };
+    auto fail = [](std::string why) { return unexpected{std::move(why)}; };
     for (const auto& l : cfg.listeners) {
         if (l.mode != config::listener_mode::echo) {
             spdlog::warn("listener {}: proxy mode is not implemented in this release; not listening", l.name);
@@ -30,9 +26,10 @@ expected<std::vector<bound_listener>, std::string> bind_listeners(const config::
                     return fail("listener " + l.name + ": cannot listen on " + addr.to_string() + ": " +
                                 fd.error().message());
                 }
-                b.fds[shard].push_back(*fd);
+                const int raw = fd->get();
+                b.fds[shard].push_back(std::move(*fd));
                 if (shard == 0 && addr.port() == 0) {
-                    auto bound = local_address(*fd);
+                    auto bound = local_address(raw);
                     if (!bound) {
                         return fail("listener " + l.name + ": getsockname: " + bound.error().message());
                     }
@@ -45,19 +42,6 @@ expected<std::vector<bound_listener>, std::string> bind_listeners(const config::
         }
     }
     return out;
-}
-
-void close_listeners(std::vector<bound_listener>& listeners) {
-    for (auto& b : listeners) {
-        for (auto& per_shard : b.fds) {
-            for (int fd : per_shard) {
-                if (fd >= 0) {
-                    ::close(fd);
-                }
-            }
-            per_shard.clear();
-        }
-    }
 }
 
 }  // namespace shardd::server

@@ -10,6 +10,8 @@
 
 #include "config/config.hh"
 
+#include "reactor/owned_fd.hh"
+
 #include <atomic>
 #include <cstdint>
 #include <memory>
@@ -28,17 +30,14 @@ struct alignas(64) listener_shared {
 
 struct bound_listener {
     const config::listener_config* cfg = nullptr;
-    std::vector<socket_address> addresses;  // as bound: port 0 resolved
-    std::vector<std::vector<int>> fds;      // [shard][address]
+    std::vector<socket_address> addresses;   // as bound: port 0 resolved
+    std::vector<std::vector<owned_fd>> fds;  // [shard][address]; a shard takes its own
     std::unique_ptr<listener_shared> shared = std::make_unique<listener_shared>();
 };
 
 // Binds every echo listener on `shards` sockets per address. On failure
-// closes what it opened and says which listener and address failed.
-// Proxy listeners are skipped with a warning until the proxy lands.
+// says which listener and address failed (what it opened is closed with
+// it). Proxy listeners are skipped with a warning until the proxy lands.
 expected<std::vector<bound_listener>, std::string> bind_listeners(const config::config& cfg, std::size_t shards);
-
-// Closes every socket still listed (those no shard took over).
-void close_listeners(std::vector<bound_listener>& listeners);
 
 }  // namespace shardd::server

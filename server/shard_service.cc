@@ -1,6 +1,8 @@
 #include "server/shard_service.hh"
 
+#include "server/connection_slot.hh"
 #include "server/echo_connection.hh"
+#include "server/peer_log.hh"
 
 #include "reactor/buffer_ring.hh"
 #include "reactor/event.hh"
@@ -26,9 +28,17 @@ using namespace std::chrono_literals;
 // it still picks up freed descriptors within a second.
 constexpr nanoseconds accept_backoff_initial = 10ms;
 constexpr nanoseconds accept_backoff_max = 1s;
+// Connections an accept loop sets up in a row before it yields to the rest
+// of the shard: a burst of connects must not hold up the connections that
+// are already being served (nor be held up by a full accept queue).
+constexpr unsigned accept_burst = 32;
 // The idle sweep looks at every connection this many times per idle_timeout:
 // a connection closes between 1 and 1 + 1/N idle_timeouts after its last byte.
 constexpr unsigned idle_sweeps_per_timeout = 4;
+// Connections aborted at shutdown_timeout (every wait of theirs cancelled)
+// end within a loop iteration or two; this bounds the wait for them anyway,
+// so the drain always ends: shutdown_timeout plus this at most.
+constexpr nanoseconds drain_abort_bound = 2s;
 // Provided-buffer group id of the shard's receive buffer ring.
 constexpr std::uint16_t recv_buffer_group = 0;
 
@@ -52,8 +62,6 @@ bool transient_accept_error(const std::error_code& ec) {
     }
 }
 
-struct shard_state;
-
 // A connection as the shard sees it: for the idle sweep and the drain.
 struct connection_entry {
     echo_connection* conn = nullptr;
@@ -67,14 +75,14 @@ struct connection_entry {
 struct listener_state {
     const config::listener_config* cfg = nullptr;
     listener_shared* shared = nullptr;
-    std::vector<int> fds;
+    std::vector<owned_fd> fds;
     echo_options echo;
     connection_entry* head = nullptr;
+    std::size_t count = 0;
+    // Set when the first connection arrives: the idle sweep sleeps on it
+    // while the listener has none, so an idle shard runs no timer.
+    event busy;
     bool at_limit = false;
-    // Cancelled at drain: the accept streams and back-off sleeps.
-    std::vector<accept_stream*> streams;
-    std::vector<sleep_op*> backoffs;
-    sleep_op* sweep_sleep = nullptr;
 
     void link(connection_entry* e) {
         e->next = head;
@@ -82,6 +90,9 @@ struct listener_state {
             head->prev = e;
         }
         head = e;
+        if (count++ == 0) {
+            busy.set();
+        }
     }
     void unlink(connection_entry* e) {
         (e->prev ? e->prev->next : head) = e->next;
@@ -89,6 +100,7 @@ struct listener_state {
             e->next->prev = e->prev;
         }
         e->prev = e->next = nullptr;
+        --count;
     }
 };
 
@@ -98,227 +110,280 @@ struct shard_state {
     shard_counters* counters = nullptr;
     std::unique_ptr<buffer_ring> buffers;
     std::vector<std::unique_ptr<listener_state>> listeners;
+    std::unique_ptr<peer_log> log;
     std::size_t connections = 0;
     bool draining = false;
-    event drained;  // draining and the last connection closed (or the deadline)
+    event drained;  // draining and the last connection closed
+    // The drain fires these: the accept loops and their back-offs; then,
+    // once the connections are gone, the idle sweeps and the drain's timers.
+    abort_source stop_accepting;
+    abort_source stop_housekeeping;
 
-    void connection_closed() {
-        --connections;
-        if (draining && connections == 0) {
-            drained.set();
-        }
-    }
-    void shutdown_all() {
+    void abort_all() {
         for (auto& l : listeners) {
             for (auto* e = l->head; e; e = e->next) {
-                ::shutdown(e->conn->fd(), SHUT_RDWR);
+                e->conn->abort();
             }
         }
     }
 };
 
-task<void> serve(shard_state& sh, listener_state& l, int fd) {
-    if (l.cfg->nodelay) {
-        set_nodelay(fd, true);  // best effort: the echo still works without
-    }
-    echo_connection conn(fd, *sh.buffers, l.echo, *sh.counters);
-    connection_entry entry;
-    entry.conn = &conn;
-    l.link(&entry);
-    // Unlinked before the fd closes (its number may be reused at once by a
-    // new connection, which the sweep must not shut down), or, when the
-    // frame is destroyed at a forced stop, by this guard.
-    struct unlink_on_exit {
-        listener_state& l;
-        connection_entry* e;
-        ~unlink_on_exit() {
-            if (e) {
-                l.unlink(e);
-            }
+// Everything a connection holds of its shard, given back on every way out
+// of serve(), an exception included: its max_connections slot, its place in
+// the listener's list (left before the socket closes: the fd number may be
+// reused at once), the shard's count that the drain waits on, and the
+// socket itself (closed last, after the guard's members above).
+class connection_guard {
+public:
+    // The accept loop counted the connection in sh.connections already.
+    connection_guard(shard_state& sh, listener_state& l, owned_fd fd, connection_slot slot)
+        : _sh(sh), _l(l), _fd(std::move(fd)), _slot(std::move(slot)) {}
+    connection_guard(const connection_guard&) = delete;
+    connection_guard& operator=(const connection_guard&) = delete;
+    ~connection_guard() {
+        if (_linked) {
+            _l.unlink(&_entry);
         }
-    } unlink{l, &entry};
+        _fd.reset();
+        _slot.reset();
+        _sh.counters->closed.add();
+        if (--_sh.connections == 0 && _sh.draining) {
+            _sh.drained.set();
+        }
+    }
+    int fd() const noexcept { return _fd.get(); }
+    void link(echo_connection& c) {
+        _entry.conn = &c;
+        _l.link(&_entry);
+        _linked = true;
+    }
+    void unlink() {
+        if (std::exchange(_linked, false)) {
+            _l.unlink(&_entry);
+        }
+    }
 
+private:
+    shard_state& _sh;
+    listener_state& _l;
+    owned_fd _fd;
+    connection_slot _slot;
+    connection_entry _entry;
+    bool _linked = false;
+};
+
+task<void> serve(shard_state& sh, listener_state& l, owned_fd fd, connection_slot slot) {
+    connection_guard guard(sh, l, std::move(fd), std::move(slot));
+    if (l.cfg->nodelay) {
+        set_nodelay(guard.fd(), true);  // best effort: the echo still works without
+    }
+    echo_connection conn(guard.fd(), *sh.buffers, l.echo, *sh.counters, *sh.log);
+    guard.link(conn);
     const echo_end end = co_await conn.run();
-    if (end == echo_end::closed) {
-        // Everything the peer sent went back; now say we are done too.
-        co_await shutdown_socket(fd, SHUT_WR);
-    } else {
+    guard.unlink();
+    if (end == echo_end::error || end == echo_end::protocol_error) {
         sh.counters->errors.add();
     }
-    l.unlink(std::exchange(unlink.e, nullptr));
-    co_await close_socket(fd);
-    sh.counters->closed.add();
-    l.shared->connections.fetch_sub(1, std::memory_order_relaxed);
-    sh.connection_closed();
+    // run() left nothing in the kernel: the guard closes the socket (a FIN
+    // after a clean end) and gives everything back.
 }
 
 task<void> accept_loop(shard_state& sh, listener_state& l, int lfd) {
-    {
-        accept_stream incoming(lfd);
-        l.streams.push_back(&incoming);
-        nanoseconds backoff{0};
-        std::uint64_t backoffs_this_episode = 0;
-        while (!sh.draining) {
-            auto fd = co_await incoming.next();
-            if (!fd) {
-                const std::error_code ec = fd.error();
-                if (ec == std::errc::operation_canceled) {
-                    break;
-                }
-                if (transient_accept_error(ec)) {
-                    continue;
-                }
-                // EMFILE, ENFILE, ENOBUFS, ENOMEM, or something unexpected:
-                // never retry at once.
-                backoff = backoff.count() == 0 ? accept_backoff_initial : std::min(backoff * 2, accept_backoff_max);
-                sh.counters->accept_backoffs.add();
-                if (backoffs_this_episode++ == 0) {
-                    spdlog::warn("listener {}: accept: {}; retrying with back-off up to {} ms", l.cfg->name,
-                                 ec.message(),
-                                 std::chrono::duration_cast<std::chrono::milliseconds>(accept_backoff_max).count());
-                }
-                sleep_op pause = sleep_for(backoff);
-                l.backoffs.push_back(&pause);
-                co_await pause;
-                std::erase(l.backoffs, &pause);
+    accept_stream incoming(lfd, &sh.stop_accepting);
+    nanoseconds backoff{0};
+    std::uint64_t backoffs_this_episode = 0;
+    unsigned burst = 0;
+    while (true) {
+        burst = incoming.has_ready() ? burst : 0;
+        auto fd = co_await incoming.next();
+        if (!fd) {
+            const std::error_code ec = fd.error();
+            if (ec == std::errc::operation_canceled) {
+                break;
+            }
+            if (transient_accept_error(ec)) {
                 continue;
             }
-            if (backoffs_this_episode > 0) {
-                spdlog::info("listener {}: accepting again after {} back-off{}", l.cfg->name, backoffs_this_episode,
-                             backoffs_this_episode == 1 ? "" : "s");
-                backoffs_this_episode = 0;
+            // EMFILE, ENFILE, ENOBUFS, ENOMEM, or something unexpected:
+            // never retry at once.
+            backoff = backoff.count() == 0 ? accept_backoff_initial : std::min(backoff * 2, accept_backoff_max);
+            sh.counters->accept_backoffs.add();
+            if (backoffs_this_episode++ == 0) {
+                spdlog::warn("listener {}: accept: {}; retrying with back-off up to {} ms", l.cfg->name, ec.message(),
+                             std::chrono::duration_cast<std::chrono::milliseconds>(accept_backoff_max).count());
             }
-            backoff = nanoseconds{0};
-            // max_connections: accept and close at once (the client sees EOF
-            // straight away rather than hanging in the backlog), counted.
-            if (l.shared->connections.fetch_add(1, std::memory_order_relaxed) >= l.cfg->max_connections) {
-                l.shared->connections.fetch_sub(1, std::memory_order_relaxed);
-                sh.counters->refused.add();
-                ::close(*fd);
-                if (!l.at_limit) {
-                    l.at_limit = true;
-                    spdlog::warn("listener {}: max_connections ({}) reached; closing new connections", l.cfg->name,
-                                 l.cfg->max_connections);
-                }
-                continue;
-            }
-            l.at_limit = false;
-            sh.counters->accepted.add();
-            ++sh.connections;
-            // Detached: the connection ends by itself; the drain counts it.
-            (void)executor::current()->spawn(serve(sh, l, *fd));
+            co_await sleep_for(backoff, sh.stop_accepting);
+            continue;
         }
-        std::erase(l.streams, &incoming);
+        if (backoffs_this_episode > 0) {
+            spdlog::info("listener {}: accepting again after {} back-off{}", l.cfg->name, backoffs_this_episode,
+                         backoffs_this_episode == 1 ? "" : "s");
+            backoffs_this_episode = 0;
+        }
+        backoff = nanoseconds{0};
+        // max_connections: accept and close at once (the client sees EOF
+        // straight away rather than hanging in the backlog), counted.
+        auto slot = connection_slot::try_take(*l.shared, l.cfg->max_connections);
+        if (!slot) {
+            sh.counters->refused.add();
+            fd->reset();
+            if (!l.at_limit) {
+                l.at_limit = true;
+                spdlog::warn("listener {}: max_connections ({}) reached; closing new connections", l.cfg->name,
+                             l.cfg->max_connections);
+            }
+            continue;
+        }
+        l.at_limit = false;
+        sh.counters->accepted.add();
+        // Counted now, not when serve() first runs: the drain must wait for
+        // a connection whose task has not started yet.
+        ++sh.connections;
+        // Detached: the connection ends by itself, and its guard tells the
+        // drain. An exception in it is logged by the executor.
+        (void)executor::current()->spawn(serve(sh, l, std::move(*fd), std::move(slot)));
+        if (++burst >= accept_burst) {
+            burst = 0;
+            co_await yield();
+        }
     }
-    co_await close_socket(lfd);
+    co_await incoming.stop();
 }
 
 // Closes connections with no byte in either direction for idle_timeout.
 task<void> idle_sweep(shard_state& sh, listener_state& l) {
+    // The config's minimum idle_timeout keeps this period well above a
+    // timer's cost (config/reader.cc).
     const nanoseconds period = l.cfg->idle_timeout / idle_sweeps_per_timeout;
-    while (true) {
-        sleep_op tick = sleep_for(period);
-        l.sweep_sleep = &tick;
-        const bool expired = co_await tick;
-        l.sweep_sleep = nullptr;
-        if (!expired) {
-            co_return;
+    while (!sh.stop_housekeeping.abort_requested()) {
+        // Awaitables are named, not temporaries in the conditions: GCC 12
+        // miscompiles a co_await of a temporary in an if condition (it traps).
+        if (l.count == 0) {
+            l.busy.reset();
+            auto first_connection = l.busy.wait(&sh.stop_housekeeping);
+            if (!co_await first_connection) {
+                break;
+            }
+        }
+        sleep_op tick = sleep_for(period, sh.stop_housekeeping);
+        if (!co_await tick) {
+            break;
         }
         for (auto* e = l.head; e; e = e->next) {
             const std::uint64_t a = e->conn->activity();
             if (a != e->seen_activity) {
                 e->seen_activity = a;
                 e->idle_sweeps = 0;
-            } else if (++e->idle_sweeps >= idle_sweeps_per_timeout) {
-                // The connection's receive ends (EOF) and it closes itself.
-                ::shutdown(e->conn->fd(), SHUT_RDWR);
+            } else if (++e->idle_sweeps == idle_sweeps_per_timeout) {
+                // Whatever it waits for (its peer's bytes, a peer that does
+                // not read, free buffers) ends; it hands back what it holds
+                // and closes. It unlinks itself later, not under our feet.
+                e->conn->abort();
                 sh.counters->idle_closed.add();
             }
         }
     }
 }
 
-task<void> deadline(nanoseconds d, event& e, sleep_op*& slot) {
-    sleep_op s = sleep_for(d);
-    slot = &s;
-    const bool expired = co_await s;
-    slot = nullptr;
-    if (expired) {
-        e.set();
+// Sets `expired` after `d`, unless `stop` fires first.
+task<void> deadline(nanoseconds d, abort_source& stop, abort_source& expired) {
+    sleep_op s = sleep_for(d, stop);
+    if (co_await s) {
+        expired.request_abort();
     }
+}
+
+// Waits until the shard has no connection, or until `d` passed.
+task<bool> wait_drained(shard_state& sh, nanoseconds d) {
+    if (sh.connections == 0) {
+        co_return true;
+    }
+    abort_source expired;
+    abort_source timer_done;
+    auto timer = executor::current()->spawn(deadline(d, timer_done, expired));
+    co_await sh.drained.wait(&expired);
+    timer_done.request_abort();
+    co_await timer;
+    co_return sh.connections == 0;
 }
 
 task<void> drain(shard_state& sh, std::vector<join_handle<void>>& accepts) {
     sh.draining = true;
-    for (auto& l : sh.listeners) {
-        for (auto* s : l->streams) {
-            s->cancel();
-        }
-        for (auto* b : l->backoffs) {
-            b->cancel();
-        }
-    }
+    sh.stop_accepting.request_abort();
     for (auto& a : accepts) {
         co_await a;
+    }
+    for (auto& l : sh.listeners) {
+        l->fds.clear();  // the listening sockets: new connections are refused
     }
     if (sh.connections > 0) {
         spdlog::info("draining: {} connection{} open, closing them in at most {}", sh.connections,
                      sh.connections == 1 ? "" : "s", config::format_duration(sh.cfg->runtime.shutdown_timeout));
-        sleep_op* timer = nullptr;
-        auto timeout = executor::current()->spawn(deadline(sh.cfg->runtime.shutdown_timeout, sh.drained, timer));
-        co_await sh.drained.wait();
-        if (sh.connections > 0) {
+        const bool finished = co_await wait_drained(sh, sh.cfg->runtime.shutdown_timeout);
+        if (!finished) {
             spdlog::warn("shutdown_timeout: closing {} connection{}", sh.connections, sh.connections == 1 ? "" : "s");
-            sh.drained.reset();
-            sh.shutdown_all();
-            co_await sh.drained.wait();
-        }
-        if (timer) {
-            timer->cancel();
-        }
-        co_await timeout;
-    }
-    for (auto& l : sh.listeners) {
-        if (l->sweep_sleep) {
-            l->sweep_sleep->cancel();
+            sh.abort_all();
+            const bool ended = co_await wait_drained(sh, drain_abort_bound);
+            if (!ended) {
+                spdlog::error("{} connection{} did not end within {} of being aborted; leaving them", sh.connections,
+                              sh.connections == 1 ? "" : "s", config::format_duration(drain_abort_bound));
+            }
         }
     }
+    sh.stop_housekeeping.request_abort();
 }
+
+// Counts the start-up latch down exactly once: when the shard serves, or on
+// any way out before that (an error, an exception), so that the main thread
+// never waits for a shard that will not come.
+class start_signal {
+public:
+    explicit start_signal(const shard_plan& plan) : _plan(plan) {}
+    start_signal(const start_signal&) = delete;
+    ~start_signal() {
+        if (!_done) {
+            if (_plan.error->empty()) {
+                *_plan.error = "failed while starting";
+            }
+            _plan.up->count_down();
+        }
+    }
+    void serving() {
+        _done = true;
+        _plan.up->count_down();
+    }
+    void failed(std::string why) {
+        *_plan.error = std::move(why);
+        serving();
+    }
+
+private:
+    const shard_plan& _plan;
+    bool _done = false;
+};
 
 }  // namespace
 
 std::string shard_counters::summary() const {
     return "connections accepted " + std::to_string(accepted.get()) + ", closed " + std::to_string(closed.get()) +
            ", refused " + std::to_string(refused.get()) + ", idle-closed " + std::to_string(idle_closed.get()) +
-           ", errors " + std::to_string(errors.get()) + "; bytes in " + std::to_string(bytes_in.get()) + ", out " +
-           std::to_string(bytes_out.get()) + "; ENOBUFS " + std::to_string(enobufs.get()) + ", backpressure pauses " +
-           std::to_string(backpressure_pauses.get()) + ", accept back-offs " + std::to_string(accept_backoffs.get());
+           ", errors " + std::to_string(errors.get()) + " (protocol " + std::to_string(protocol_errors.get()) +
+           "); bytes in " + std::to_string(bytes_in.get()) + ", out " + std::to_string(bytes_out.get()) + ", spilled " +
+           std::to_string(bytes_spilled.get()) + "; ENOBUFS " + std::to_string(enobufs.get()) +
+           ", backpressure pauses " + std::to_string(backpressure_pauses.get()) + ", accept back-offs " +
+           std::to_string(accept_backoffs.get()) + ", log lines suppressed " + std::to_string(log_suppressed.get());
 }
 
 task<void> run_shard(shard_plan plan) {
+    start_signal started(plan);
     shard_state sh;
     sh.id = plan.id;
     sh.cfg = plan.cfg;
     sh.counters = plan.counters;
+    sh.log = std::make_unique<peer_log>(plan.counters->log_suppressed);
     executor* ex = executor::current();
     const auto& rt = plan.cfg->runtime;
-    auto buffers = buffer_ring::create(ex->main_ring(), recv_buffer_group, rt.recv_buffers, rt.recv_buffer_size);
-    if (!buffers) {
-        *plan.error = "cannot set up the receive buffer ring (" + std::to_string(rt.recv_buffers) + " x " +
-                      config::format_size(rt.recv_buffer_size) + "): " + buffers.error().message();
-        for (auto& b : *plan.listeners) {
-            for (int fd : b.fds[plan.id]) {
-                ::close(fd);
-            }
-            b.fds[plan.id].clear();
-        }
-        plan.up->count_down();
-        co_return;
-    }
-    sh.buffers = std::move(*buffers);
-
-    std::vector<join_handle<void>> accepts;
-    std::vector<join_handle<void>> sweeps;
+    // Our listening sockets, whatever happens next.
     for (auto& b : *plan.listeners) {
         auto l = std::make_unique<listener_state>();
         l->cfg = b.cfg;
@@ -329,15 +394,25 @@ task<void> run_shard(shard_plan plan) {
         l->echo.max_message = b.cfg->max_message;
         sh.listeners.push_back(std::move(l));
     }
+    auto buffers = buffer_ring::create(ex->main_ring(), recv_buffer_group, rt.recv_buffers, rt.recv_buffer_size);
+    if (!buffers) {
+        started.failed("cannot set up the receive buffer ring (" + std::to_string(rt.recv_buffers) + " x " +
+                       config::format_size(rt.recv_buffer_size) + "): " + buffers.error().message());
+        co_return;
+    }
+    sh.buffers = std::move(*buffers);
+
+    std::vector<join_handle<void>> accepts;
+    std::vector<join_handle<void>> sweeps;
     for (auto& l : sh.listeners) {
-        for (int fd : l->fds) {
-            accepts.push_back(ex->spawn(accept_loop(sh, *l, fd)));
+        for (const owned_fd& fd : l->fds) {
+            accepts.push_back(ex->spawn(accept_loop(sh, *l, fd.get())));
         }
         if (l->cfg->idle_timeout.count() > 0) {
             sweeps.push_back(ex->spawn(idle_sweep(sh, *l)));
         }
     }
-    plan.up->count_down();
+    started.serving();
 
     std::uint64_t signalled = 0;
     auto r = co_await read(plan.drain_fd, &signalled, sizeof(signalled), 0);

@@ -13,21 +13,22 @@ constexpr std::uint16_t flag_reply = 0x2;
 constexpr std::uint16_t flag_warmup = 0x4;
 }  // namespace
 
-std::string sockperf_framing::feed(std::byte* data, std::size_t len, std::vector<iovec>& out) {
+std::string sockperf_framing::feed(std::byte* data, std::size_t len, std::vector<iovec>& out, header_copies& copies) {
     std::string error;
+    // A header carried over from an earlier chunk lives only in _header.
+    _header_in_chunk = nullptr;
     while (len > 0) {
         if (!_in_body) {
-            const std::size_t take = std::min(len, sockperf_header_size - _header_pos);
-            std::memcpy(_header + _header_pos, data, take);
-            if (_header_pos <= flags_low_offset && flags_low_offset < _header_pos + take) {
-                _flags_low = data + (flags_low_offset - _header_pos);
+            if (_header_pos == 0) {
+                _header_in_chunk = data;
             }
-            _header_iov[_header_parts++] = {data, take};
+            const std::size_t take = std::min(len, sockperf_header_size - _header_pos);
+            std::memcpy(_header.data() + _header_pos, data, take);
             _header_pos += take;
             data += take;
             len -= take;
             if (_header_pos == sockperf_header_size) {
-                header_complete(out, error);
+                header_complete(out, copies, error);
                 if (!error.empty()) {
                     return error;
                 }
@@ -48,11 +49,11 @@ std::string sockperf_framing::feed(std::byte* data, std::size_t len, std::vector
     return error;
 }
 
-void sockperf_framing::header_complete(std::vector<iovec>& out, std::string& error) {
+void sockperf_framing::header_complete(std::vector<iovec>& out, header_copies& copies, std::string& error) {
     std::uint16_t flags_be;
     std::uint32_t length_be;
-    std::memcpy(&flags_be, _header + 8, 2);
-    std::memcpy(&length_be, _header + 10, 4);
+    std::memcpy(&flags_be, _header.data() + 8, 2);
+    std::memcpy(&length_be, _header.data() + 10, 4);
     const std::uint16_t flags = be16toh(flags_be);
     const std::uint32_t length = be32toh(length_be);
     if (length < sockperf_header_size || length > _max_message) {
@@ -64,14 +65,19 @@ void sockperf_framing::header_complete(std::vector<iovec>& out, std::string& err
     _replying = (flags & flag_reply) && !(flags & flag_warmup);
     if (_replying) {
         ++_replies;
-        *_flags_low &= static_cast<std::byte>(~flag_client & 0xff);
-        for (std::size_t i = 0; i < _header_parts; ++i) {
-            append_range(out, static_cast<std::byte*>(_header_iov[i].iov_base), _header_iov[i].iov_len);
+        constexpr auto clear_client = static_cast<std::byte>(~flag_client & 0xff);
+        if (_header_in_chunk) {
+            // The whole header is in this chunk: reply from it, in place.
+            _header_in_chunk[flags_low_offset] &= clear_client;
+            append_range(out, _header_in_chunk, sockperf_header_size);
+        } else {
+            auto& copy = copies.emplace_back(_header);
+            copy[flags_low_offset] &= clear_client;
+            append_range(out, copy.data(), sockperf_header_size);
         }
     }
-    _header_parts = 0;
     _header_pos = 0;
-    _flags_low = nullptr;
+    _header_in_chunk = nullptr;
     _body_left = length - sockperf_header_size;
     _in_body = _body_left > 0;
 }

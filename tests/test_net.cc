@@ -1,6 +1,7 @@
 // Network primitives over real loopback sockets: listen with SO_REUSEPORT,
-// multishot accept, multishot receive into a provided buffer ring (and its
-// exhaustion), send_all, connect, half-close, close cancelling a receive.
+// multishot accept (bounded, and off the latency ring), multishot receive
+// into a provided buffer ring (and its exhaustion), send_all, connect,
+// half-close, close cancelling a receive, stop() settling one.
 #include "reactor/net.hh"
 
 #include "tests/support/executor.hh"
@@ -43,11 +44,12 @@ task<std::vector<std::byte>> read_exactly(int fd, std::size_t n) {
 // shuts down its write side. Returns the bytes echoed.
 task<std::size_t> echo_one(int lfd, buffer_ring& br) {
     accept_stream incoming(lfd);
-    auto fd = co_await incoming.next();
-    REQUIRE(fd.has_value());
+    auto accepted = co_await incoming.next();
+    REQUIRE(accepted.has_value());
+    owned_fd fd = std::move(*accepted);
     std::size_t total = 0;
     {
-        recv_stream in(*fd, br);
+        recv_stream in(fd.get(), br);
         for (;;) {
             auto chunk = co_await in.next();
             if (!chunk && chunk.error() == std::errc::no_buffer_space) {
@@ -58,28 +60,27 @@ task<std::size_t> echo_one(int lfd, buffer_ring& br) {
             if (chunk->data.empty()) {
                 break;
             }
-            auto sent = co_await send_all(*fd, chunk->data);
+            auto sent = co_await send_all(fd.get(), chunk->data);
             br.release(chunk->buffer_id);
             REQUIRE(sent.has_value());
             total += *sent;
         }
+        co_await in.stop();
     }
-    co_await shutdown_socket(*fd, SHUT_WR);
-    co_await close_socket(*fd);
+    CHECK_FALSE(shutdown_socket(fd.get(), SHUT_WR));
     co_return total;
 }
 
 task<bool> client_round_trip(socket_address addr, std::vector<std::byte> data) {
     auto fd = tcp_socket(addr.family());
     REQUIRE(fd.has_value());
-    auto ec = co_await connect(*fd, addr);
+    auto ec = co_await connect(fd->get(), addr);
     REQUIRE_FALSE(ec);
-    auto reader = executor::current()->spawn(read_exactly(*fd, data.size()));
-    auto sent = co_await send_all(*fd, data);
+    auto reader = executor::current()->spawn(read_exactly(fd->get(), data.size()));
+    auto sent = co_await send_all(fd->get(), data);
     REQUIRE(sent.has_value());
-    co_await shutdown_socket(*fd, SHUT_WR);
+    CHECK_FALSE(shutdown_socket(fd->get(), SHUT_WR));
     auto back = co_await reader;
-    co_await close_socket(*fd);
     co_return back == data;
 }
 
@@ -89,7 +90,7 @@ void echo_test(const char* address) {
     REQUIRE(addr.has_value());
     auto lfd = listen_socket(*addr, {});
     REQUIRE(lfd.has_value());
-    auto bound = local_address(*lfd);
+    auto bound = local_address(lfd->get());
     REQUIRE(bound.has_value());
     CHECK(bound->port() != 0);
     auto br = buffer_ring::create(ex->main_ring(), 1, 64, 4096);
@@ -99,10 +100,9 @@ void echo_test(const char* address) {
         bool same = co_await client_round_trip(to, pattern(1 << 20, 7));
         std::size_t echoed = co_await server;
         co_return same&& echoed == (1u << 20);
-    }(*lfd, *bound, **br));
+    }(lfd->get(), *bound, **br));
     CHECK(ok);
     CHECK((*br)->in_use() == 0);
-    ::close(*lfd);
 }
 
 }  // namespace
@@ -114,7 +114,7 @@ TEST_CASE("1 MiB echoes byte-exact over IPv6", "[net]") { echo_test("[::1]:0"); 
 TEST_CASE("SO_REUSEPORT lets several sockets bind one port", "[net]") {
     auto a = listen_socket(*socket_address::parse("127.0.0.1:0"), {});
     REQUIRE(a.has_value());
-    auto addr = local_address(*a);
+    auto addr = local_address(a->get());
     REQUIRE(addr.has_value());
     auto b = listen_socket(*addr, {});
     CHECK(b.has_value());
@@ -123,45 +123,74 @@ TEST_CASE("SO_REUSEPORT lets several sockets bind one port", "[net]") {
     auto c = listen_socket(*addr, exclusive);
     REQUIRE_FALSE(c.has_value());
     CHECK(c.error() == std::errc::address_in_use);
-    ::close(*a);
-    if (b) {
-        ::close(*b);
-    }
 }
 
 TEST_CASE("multishot accept takes many connections from one submission", "[net]") {
     auto ex = make_executor();
     auto lfd = listen_socket(*socket_address::parse("127.0.0.1:0"), {});
     REQUIRE(lfd.has_value());
-    auto addr = *local_address(*lfd);
+    auto addr = *local_address(lfd->get());
     int accepted = ex->run([](int lfd, socket_address addr) -> task<int> {
-        constexpr int clients = 100;
-        std::vector<int> fds;
+        // More than accept_stream::max_ready: the stream stops and starts
+        // again as the reader catches up.
+        constexpr int clients = 200;
+        std::vector<owned_fd> fds;
         for (int i = 0; i < clients; ++i) {
             auto fd = tcp_socket(AF_INET);
             REQUIRE(fd.has_value());
             // Never co_await inside a Catch macro: the macro repeats its
             // expression in an unevaluated branch, and GCC 12's coroutine
             // lowering has been seen to run both.
-            auto ec = co_await connect(*fd, addr);
+            auto ec = co_await connect(fd->get(), addr);
             REQUIRE_FALSE(ec);
-            fds.push_back(*fd);
+            fds.push_back(std::move(*fd));
         }
         accept_stream incoming(lfd);
         int n = 0;
         while (n < clients) {
             auto fd = co_await incoming.next();
             REQUIRE(fd.has_value());
-            ::close(*fd);
             ++n;
         }
-        for (int fd : fds) {
-            ::close(fd);
-        }
+        co_await incoming.stop();
         co_return n;
-    }(*lfd, addr));
-    CHECK(accepted == 100);
-    ::close(*lfd);
+    }(lfd->get(), addr));
+    CHECK(accepted == 200);
+}
+
+TEST_CASE("accepts go to the main ring: a burst of connections does not preempt the running slice", "[net]") {
+    auto ex = make_executor();
+    auto lfd = listen_socket(*socket_address::parse("127.0.0.1:0"), {});
+    REQUIRE(lfd.has_value());
+    auto addr = *local_address(lfd->get());
+    auto preempted = ex->run([](int lfd, socket_address addr) -> task<bool> {
+        accept_stream incoming(lfd);
+        auto first_client = tcp_socket(AF_INET);
+        REQUIRE(first_client.has_value());
+        auto ec = co_await connect(first_client->get(), addr);
+        REQUIRE_FALSE(ec);
+        auto first = co_await incoming.next();  // the multishot accept is armed
+        REQUIRE(first.has_value());
+        std::vector<owned_fd> clients;
+        for (int i = 0; i < 20; ++i) {
+            auto c = tcp_socket(AF_INET);
+            REQUIRE(c.has_value());
+            auto cec = co_await connect(c->get(), addr);
+            REQUIRE_FALSE(cec);
+            clients.push_back(std::move(*c));
+        }
+        // Their accept CQEs are on the main ring: the latency ring, which
+        // need_preempt() watches, has nothing.
+        bool any_preempt = false;
+        for (int i = 0; i < 20; ++i) {
+            auto fd = co_await incoming.next();
+            REQUIRE(fd.has_value());
+            any_preempt |= executor::current()->need_preempt();
+        }
+        co_await incoming.stop();
+        co_return any_preempt;
+    }(lfd->get(), addr));
+    CHECK_FALSE(preempted);
 }
 
 TEST_CASE("a dry buffer ring ends the receive with ENOBUFS; releasing buffers resumes it", "[net][buffers]") {
@@ -242,7 +271,7 @@ TEST_CASE("close_socket() cancels a pending receive instead of leaving it hangin
         recv_stream in(fd, br);
         auto closer = executor::current()->spawn([](int fd) -> task<std::error_code> {
             co_await sleep_for(5ms);
-            co_return co_await close_socket(fd);
+            co_return close_socket(fd);
         }(fd));
         auto r = co_await in.next();
         auto closed = co_await closer;
@@ -251,5 +280,36 @@ TEST_CASE("close_socket() cancels a pending receive instead of leaving it hangin
     }(sv[0], **br));
     CHECK(err == std::errc::operation_canceled);
     CHECK(ex->main_ring().in_flight() <= 2);  // the eventfd/poll housekeeping only
+    ::close(sv[1]);
+}
+
+TEST_CASE("stop() waits until the kernel has let go of the receive; later data takes no buffer", "[net]") {
+    auto ex = make_executor();
+    auto br = buffer_ring::create(ex->main_ring(), 5, 8, 1024);
+    REQUIRE(br.has_value());
+    int sv[2];
+    REQUIRE(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) == 0);
+    auto result = ex->run([](int fd, int peer, buffer_ring& br) -> task<std::pair<unsigned, bool>> {
+        recv_stream in(fd, br);
+        REQUIRE(::send(peer, "x", 1, 0) == 1);
+        auto first = co_await in.next();
+        bool ok = first.has_value() && first->data.size() == 1;
+        REQUIRE(ok);
+        br.release(first->buffer_id);
+        co_await in.stop();
+        // Nothing of the receive is left in the kernel: new bytes stay in
+        // the socket, and next() says canceled.
+        REQUIRE(::send(peer, "yz", 2, 0) == 2);
+        for (int i = 0; i < 5; ++i) {
+            co_await nop();
+        }
+        auto after = co_await in.next();
+        co_return std::pair{br.in_use(), !after && after.error() == std::errc::operation_canceled};
+    }(sv[0], sv[1], **br));
+    CHECK(result.first == 0);
+    CHECK(result.second);
+    char buf[8];
+    CHECK(::recv(sv[0], buf, sizeof(buf), MSG_DONTWAIT) == 2);
+    ::close(sv[0]);
     ::close(sv[1]);
 }

@@ -124,7 +124,7 @@ TEST_CASE("limit_unread stops a receive at the limit; next() resumes it with not
     CHECK((*br)->in_use() == 0);
 }
 
-TEST_CASE("pause() while next() waits: data that arrives later still comes, in order", "[net][backpressure]") {
+TEST_CASE("pause() settles the receive; data that arrives later still comes, in order", "[net][backpressure]") {
     auto ex = make_executor();
     auto br = buffer_ring::create(ex->main_ring(), 6, 16, 512);
     REQUIRE(br.has_value());
@@ -133,9 +133,10 @@ TEST_CASE("pause() while next() waits: data that arrives later still comes, in o
         recv_stream in(fd, br);
         std::string s;
         for (int round = 0; round < 5; ++round) {
-            // Pause (cancelling the armed receive), then write, then resume:
-            // whatever the kernel did with the cancel, the bytes arrive.
-            in.pause();
+            // Pause (cancelling the armed receive, and waiting for the
+            // kernel to let go), then write, then resume: the bytes arrive.
+            co_await in.pause();
+            REQUIRE(br.in_use() == 0);
             const std::string msg = "round " + std::to_string(round) + ";";
             REQUIRE(::send(peer, msg.data(), msg.size(), 0) == static_cast<ssize_t>(msg.size()));
             while (s.size() < (round + 1) * msg.size()) {
@@ -170,7 +171,7 @@ TEST_CASE("available() wakes a receiver starved by ENOBUFS when buffers come bac
             REQUIRE(ok);
             held.push_back(chunk->buffer_id);
         }
-        hog.cancel();
+        co_await hog.stop();
         event starved_waiting;
         auto reader = executor::current()->spawn([](int fd, buffer_ring& br, event& waiting) -> task<std::string> {
             recv_stream in(fd, br);
@@ -198,4 +199,90 @@ TEST_CASE("available() wakes a receiver starved by ENOBUFS when buffers come bac
     CHECK(got == "xyz");
     CHECK((*br)->exhausted() >= 1);
     CHECK((*br)->in_use() == 0);
+}
+
+TEST_CASE("starved receives get buffers first come, first served, one per free buffer", "[net][buffers]") {
+    auto ex = make_executor();
+    auto br = buffer_ring::create(ex->main_ring(), 8, 4, 256);
+    REQUIRE(br.has_value());
+    socket_pair hog;
+    REQUIRE(fill(hog.fd[1], pattern(4 * 256)) == 4 * 256);
+    // Five starved connections, each with bytes waiting in its socket.
+    std::vector<std::unique_ptr<socket_pair>> starved;
+    for (int i = 0; i < 5; ++i) {
+        starved.push_back(std::make_unique<socket_pair>());
+        REQUIRE(::send(starved.back()->fd[1], "abc", 3, 0) == 3);
+    }
+    struct outcome {
+        std::vector<int> order;     // who got its bytes, in order; -i: aborted
+        std::size_t after_one = 0;  // how many had, one released buffer later
+        std::size_t waiting_after_one = 0;
+    };
+    auto out = ex->run([](int hog_fd, buffer_ring& br, std::vector<int> fds) -> task<outcome> {
+        outcome o;
+        std::vector<std::uint16_t> held;
+        recv_stream hog(hog_fd, br);
+        while (held.size() < 4) {
+            auto chunk = co_await hog.next();
+            bool ok = chunk.has_value() && !chunk->data.empty();
+            REQUIRE(ok);
+            held.push_back(chunk->buffer_id);
+        }
+        co_await hog.stop();
+        REQUIRE(br.free_buffers() == 0);
+        abort_source abort_third;
+        abort_source never;
+        std::vector<join_handle<void>> readers;
+        for (int i = 0; i < 5; ++i) {
+            readers.push_back(executor::current()->spawn(
+                [](int fd, buffer_ring& br, int i, std::vector<int>& order, abort_source& abort) -> task<void> {
+                    recv_stream in(fd, br, &abort);
+                    for (;;) {
+                        auto chunk = co_await in.next();
+                        if (chunk) {
+                            REQUIRE(chunk->data.size() == 3);
+                            order.push_back(i);
+                            // Keep the buffer: the next waiter needs a new one.
+                            co_return;
+                        }
+                        if (chunk.error() != std::errc::no_buffer_space || !co_await in.wait_for_buffers(&abort)) {
+                            order.push_back(-i);
+                            co_return;
+                        }
+                    }
+                }(fds[i], br, i, o.order, i == 2 ? abort_third : never)));
+            // One at a time, so the queue order is known.
+            while (br.waiters() < static_cast<std::size_t>(i + 1)) {
+                co_await nop();
+            }
+        }
+        abort_third.request_abort();
+        co_await yield();
+        // One buffer back: the oldest waiter's receive gets it; nobody else
+        // re-arms (they would only fail again).
+        br.release(held[0]);
+        for (int i = 0; i < 10; ++i) {
+            co_await nop();
+        }
+        o.after_one = o.order.size();
+        o.waiting_after_one = br.waiters();
+        for (std::size_t i = 1; i < held.size(); ++i) {
+            br.release(held[i]);
+        }
+        for (auto& r : readers) {
+            co_await r;
+        }
+        co_return o;
+    }(hog.fd[0], **br, [&] {
+                           std::vector<int> fds;
+                           for (auto& s : starved) {
+                               fds.push_back(s->fd[0]);
+                           }
+                           return fds;
+                       }()));
+    // -2: the aborted reader, at once; then 0 alone for the first buffer;
+    // then the rest in the order they came.
+    CHECK(out.order == std::vector<int>{-2, 0, 1, 3, 4});
+    CHECK(out.after_one == 2);
+    CHECK(out.waiting_after_one == 3);
 }

@@ -1,5 +1,6 @@
 #include "reactor/internal/ring.hh"
 
+#include <cassert>
 #include <cerrno>
 #include <span>
 #include <spdlog/spdlog.h>
@@ -138,6 +139,7 @@ std::string ring::describe_flags() const {
 }
 
 io_uring_sqe* ring::get_sqe(unsigned need) {
+    assert(!_reaping && "a completion callback took an SQE: defer() it instead");
     if (io_uring_sq_space_left(&_ring) < need) {
         submit();
     }
@@ -169,8 +171,8 @@ int ring::submit_and_wait() { return io_uring_submit_and_wait(&_ring, 1); }
 unsigned ring::reap() {
     unsigned count = 0;
     io_uring_cqe* cqe = nullptr;
-    // One CQE at a time, marked seen before its callback runs: a callback may
-    // queue SQEs and, on a full SQ, come back into reap() through get_sqe().
+    // One CQE at a time, marked seen before its callback runs. Callbacks
+    // only record and schedule; what needs an SQE they defer().
     while (io_uring_peek_cqe(&_ring, &cqe) == 0) {
         auto* c = static_cast<completion*>(io_uring_cqe_get_data(cqe));
         const int res = cqe->res;
@@ -181,10 +183,28 @@ unsigned ring::reap() {
         }
         ++count;
         if (c != nullptr) {
+            _reaping = true;
             c->fn(c, res, flags);
+            _reaping = false;
         }
     }
     return count;
+}
+
+bool ring::run_deferred(bool discard) noexcept {
+    if (!_deferred_head) {
+        return false;
+    }
+    while (deferred_action* a = _deferred_head) {
+        _deferred_head = a->next;
+        if (!_deferred_head) {
+            _deferred_tail = nullptr;
+        }
+        a->next = nullptr;
+        a->queued = false;
+        a->fn(a, discard);
+    }
+    return true;
 }
 
 }  // namespace shardd::internal

@@ -15,6 +15,20 @@
 
 namespace shardd::internal {
 
+// Work that a completion callback needs done with SQEs: re-arming or
+// stopping a multishot operation. Callbacks never take SQEs themselves (a
+// full SQ would make get_sqe() reap, and so run other callbacks, from inside
+// one, which can reorder a stream's CQEs or free its state under it); they
+// defer() an action and the executor loop runs it after reaping.
+struct deferred_action {
+    // `discard`: the executor is shutting down; free what must be freed,
+    // submit nothing.
+    using callback = void (*)(deferred_action* self, bool discard) noexcept;
+    callback fn = nullptr;
+    deferred_action* next = nullptr;
+    bool queued = false;
+};
+
 enum class ring_kind {
     main,     // ordinary operations: send, close, timeouts, connect, recv
     latency,  // accept, latency-class recv and timers, the eventfd read, the preemption timer
@@ -67,6 +81,21 @@ public:
     // Hands every ready CQE to its completion; returns how many.
     unsigned reap();
 
+    // Queues `a` (once, however often it is deferred before it runs).
+    void defer(deferred_action* a) noexcept {
+        if (a->queued) {
+            return;
+        }
+        a->queued = true;
+        a->next = nullptr;
+        (_deferred_tail ? _deferred_tail->next : _deferred_head) = a;
+        _deferred_tail = a;
+    }
+    bool has_deferred() const noexcept { return _deferred_head != nullptr; }
+    // Runs the deferred actions, oldest first, including any they defer in
+    // turn; returns whether there were any.
+    bool run_deferred(bool discard = false) noexcept;
+
     // True when a CQE is ready, or (COOP_TASKRUN|TASKRUN_FLAG rings) when the
     // kernel has completions waiting to be run. Two loads, no syscall: this is
     // need_preempt().
@@ -93,7 +122,10 @@ private:
     ring_kind _kind;
     io_uring _ring{};
     bool _ring_fd_registered = false;
+    bool _reaping = false;  // inside a completion callback
     std::size_t _in_flight = 0;
+    deferred_action* _deferred_head = nullptr;
+    deferred_action* _deferred_tail = nullptr;
 };
 
 }  // namespace shardd::internal

@@ -167,12 +167,28 @@ void reset_connection(socket_fd& s) {
 std::vector<shard_stats> drained_stats(const std::string& log) {
     static const std::regex line(
         R"(\[shard (\d+)\] drained: connections accepted (\d+), closed (\d+), refused (\d+), idle-closed (\d+), )"
-        R"(errors (\d+); bytes in (\d+), out (\d+); ENOBUFS (\d+), backpressure pauses (\d+), accept back-offs (\d+))");
+        R"(errors (\d+) \(protocol (\d+)\); bytes in (\d+), out (\d+), spilled (\d+); ENOBUFS (\d+), )"
+        R"(backpressure pauses (\d+), accept back-offs (\d+), log lines suppressed (\d+))");
     std::vector<shard_stats> out;
     for (std::sregex_iterator it(log.begin(), log.end(), line), end; it != end; ++it) {
         const auto& m = *it;
         auto n = [&m](int i) { return static_cast<std::uint64_t>(std::stoull(m[i].str())); };
-        out.push_back({static_cast<unsigned>(n(1)), n(2), n(3), n(4), n(5), n(6), n(7), n(8), n(9), n(10), n(11)});
+        shard_stats s;
+        s.shard = static_cast<unsigned>(n(1));
+        s.accepted = n(2);
+        s.closed = n(3);
+        s.refused = n(4);
+        s.idle_closed = n(5);
+        s.errors = n(6);
+        s.protocol_errors = n(7);
+        s.bytes_in = n(8);
+        s.bytes_out = n(9);
+        s.spilled = n(10);
+        s.enobufs = n(11);
+        s.pauses = n(12);
+        s.backoffs = n(13);
+        s.log_suppressed = n(14);
+        out.push_back(s);
     }
     std::sort(out.begin(), out.end(), [](const auto& a, const auto& b) { return a.shard < b.shard; });
     return out;
@@ -191,6 +207,9 @@ shard_stats sum(const std::vector<shard_stats>& all) {
         t.enobufs += s.enobufs;
         t.pauses += s.pauses;
         t.backoffs += s.backoffs;
+        t.protocol_errors += s.protocol_errors;
+        t.spilled += s.spilled;
+        t.log_suppressed += s.log_suppressed;
     }
     return t;
 }
