@@ -31,38 +31,9 @@ using clock_type = std::chrono::steady_clock;
 
 const std::string sockperf_binary = "/usr/bin/sockperf";
 
-constexpr std::uint16_t flag_client = 0x1;
-constexpr std::uint16_t flag_reply = 0x2;
-constexpr std::uint16_t flag_warmup = 0x4;
-
 std::string sockperf_listener(const std::string& extra = "") {
     return "[[listener]]\nname = \"sp\"\nlisten = [\"127.0.0.1:0\"]\nmode = \"echo\"\nprotocol = \"sockperf\"\n" +
            extra;
-}
-
-// A sockperf message: the 14-byte big-endian header (sequence, flags, total
-// length), then `length - 14` bytes of payload that vary with `seed`. With a
-// length below 14 it is the header alone.
-std::string message(std::uint64_t seq, std::uint16_t flags, std::uint32_t length, std::uint64_t seed) {
-    std::string m(14, '\0');
-    for (int i = 0; i < 8; ++i) {
-        m[i] = static_cast<char>(seq >> (56 - 8 * i));
-    }
-    m[8] = static_cast<char>(flags >> 8);
-    m[9] = static_cast<char>(flags & 0xff);
-    for (int i = 0; i < 4; ++i) {
-        m[10 + i] = static_cast<char>(length >> (24 - 8 * i));
-    }
-    if (length > 14) {
-        m += pattern(length - 14, seed);
-    }
-    return m;
-}
-
-// What the server sends back for `m`: the very message, 0x1 cleared.
-std::string reply_to(std::string m) {
-    m[9] = static_cast<char>(static_cast<unsigned char>(m[9]) & ~flag_client);
-    return m;
 }
 
 void set_nodelay(int fd) {
@@ -253,13 +224,13 @@ TEST_CASE("sockperf framing: a message sent one byte at a time comes back whole,
     echo_daemon d(echo_config(sockperf_listener()));
     socket_fd c(d.connect());
     set_nodelay(c.get());
-    const std::string m = message(0x0102030405060708ull, flag_client | flag_reply, 14 + 50, 1);
+    const std::string m = sockperf_message(0x0102030405060708ull, flag_client | flag_reply, 14 + 50, 1);
     for (char byte : m) {
         REQUIRE(send_all(c.get(), std::string(1, byte)));
     }
     const std::string back = recv_exact(c.get(), m.size());
     REQUIRE(back.size() == m.size());
-    CHECK(back == reply_to(m));
+    CHECK(back == sockperf_reply(m));
     CHECK(back[9] == static_cast<char>(flag_reply));  // only 0x1 changed
     CHECK(back.substr(0, 9) == m.substr(0, 9));
     CHECK(back.substr(10) == m.substr(10));
@@ -269,21 +240,21 @@ TEST_CASE("sockperf framing: a message sent one byte at a time comes back whole,
 TEST_CASE("sockperf framing: warm-up and no-reply messages do not come back", "[sockperf]") {
     echo_daemon d(echo_config(sockperf_listener()));
     socket_fd c(d.connect());
-    const std::string asks = message(1, flag_client | flag_reply, 14 + 10, 11);
-    const std::string warmup = message(2, flag_client | flag_reply | flag_warmup, 14 + 20, 12);
-    const std::string silent = message(3, flag_client, 14 + 30, 13);
+    const std::string asks = sockperf_message(1, flag_client | flag_reply, 14 + 10, 11);
+    const std::string warmup = sockperf_message(2, flag_client | flag_reply | flag_warmup, 14 + 20, 12);
+    const std::string silent = sockperf_message(3, flag_client, 14 + 30, 13);
     REQUIRE(send_all(c.get(), asks + warmup + silent));
     const std::string first = recv_exact(c.get(), asks.size());
-    CHECK(first == reply_to(asks));
+    CHECK(first == sockperf_reply(asks));
     // Had the warm-up or no-reply message come back, its bytes would come
     // next instead of this one's.
-    const std::string later = message(4, flag_reply, 14 + 40, 14);
+    const std::string later = sockperf_message(4, flag_reply, 14 + 40, 14);
     REQUIRE(send_all(c.get(), later));
     CHECK(recv_exact(c.get(), later.size()) == later);  // 0x1 was clear: unchanged
     // A header-only message (length 14) is a message too.
-    const std::string bare = message(5, flag_client | flag_reply, 14, 0);
+    const std::string bare = sockperf_message(5, flag_client | flag_reply, 14, 0);
     REQUIRE(send_all(c.get(), bare));
-    CHECK(recv_exact(c.get(), bare.size()) == reply_to(bare));
+    CHECK(recv_exact(c.get(), bare.size()) == sockperf_reply(bare));
     CHECK(nothing_more(c.get()));
 }
 
@@ -291,17 +262,17 @@ TEST_CASE("sockperf framing: 65000-byte messages come back exactly", "[sockperf]
     echo_daemon d(echo_config(sockperf_listener()));
     socket_fd c(d.connect());
     // One, then three back to back with a warm-up one in the middle.
-    const std::string big = message(7, flag_client | flag_reply, 65000, 21);
-    CHECK(exchange(c.get(), big, big.size()) == reply_to(big));
+    const std::string big = sockperf_message(7, flag_client | flag_reply, 65000, 21);
+    CHECK(exchange(c.get(), big, big.size()) == sockperf_reply(big));
     std::string out;
     std::string expect;
     for (std::uint64_t i = 0; i < 4; ++i) {
         const bool warm = i == 2;
-        const std::string m =
-            message(100 + i, flag_client | flag_reply | (warm ? flag_warmup : 0), 65000 - 7 * std::uint32_t(i), 30 + i);
+        const std::string m = sockperf_message(100 + i, flag_client | flag_reply | (warm ? flag_warmup : 0),
+                                               65000 - 7 * std::uint32_t(i), 30 + i);
         out += m;
         if (!warm) {
-            expect += reply_to(m);
+            expect += sockperf_reply(m);
         }
     }
     const std::string back = exchange(c.get(), out, expect.size());
@@ -321,10 +292,10 @@ TEST_CASE("sockperf framing: random sizes, flags and segmentation", "[sockperf]"
         const std::uint32_t length = 14 + static_cast<std::uint32_t>(rng() % 3000);
         const std::uint16_t flags = std::array<std::uint16_t, 4>{
             flag_client | flag_reply, flag_client, flag_client | flag_reply | flag_warmup, flag_reply}[rng() % 4];
-        const std::string m = message(i, flags, length, i + 1000);
+        const std::string m = sockperf_message(i, flags, length, i + 1000);
         out += m;
         if ((flags & flag_reply) && !(flags & flag_warmup)) {
-            expect += reply_to(m);
+            expect += sockperf_reply(m);
         }
     }
     // Send boundaries anywhere: inside headers, across messages.
@@ -346,19 +317,19 @@ TEST_CASE("sockperf framing: a bad length closes that connection only, with the 
                               "cpus = \"" + std::to_string(allowed->cpus()[0]) + "\""));
     socket_fd good(d.connect());
     set_nodelay(good.get());
-    const std::string m1 = message(1, flag_client | flag_reply, 100, 41);
-    REQUIRE(exchange(good.get(), m1, m1.size()) == reply_to(m1));
+    const std::string m1 = sockperf_message(1, flag_client | flag_reply, 100, 41);
+    REQUIRE(exchange(good.get(), m1, m1.size()) == sockperf_reply(m1));
     // A message of exactly max_message is fine.
-    const std::string largest = message(2, flag_client | flag_reply, 1024, 42);
-    REQUIRE(exchange(good.get(), largest, largest.size()) == reply_to(largest));
+    const std::string largest = sockperf_message(2, flag_client | flag_reply, 1024, 42);
+    REQUIRE(exchange(good.get(), largest, largest.size()) == sockperf_reply(largest));
     // The good connection is in the middle of a message while the others fail.
-    const std::string m3 = message(3, flag_client | flag_reply, 500, 43);
+    const std::string m3 = sockperf_message(3, flag_client | flag_reply, 500, 43);
     REQUIRE(send_all(good.get(), m3.substr(0, 20)));
 
     SECTION("length 10, below the header") {
         socket_fd bad(d.connect());
         const std::string who = local_address(bad.get());
-        REQUIRE(send_all(bad.get(), message(9, flag_client | flag_reply, 10, 0)));
+        REQUIRE(send_all(bad.get(), sockperf_message(9, flag_client | flag_reply, 10, 0)));
         const peer_end how = wait_for_close(bad.get(), default_timeout);
         CHECK((how == peer_end::eof || how == peer_end::reset));
         // Logged (and flushed) before the daemon closed the socket.
@@ -370,7 +341,7 @@ TEST_CASE("sockperf framing: a bad length closes that connection only, with the 
         socket_fd bad(d.connect());
         const std::string who = local_address(bad.get());
         // The daemon may close before it all went out: the send may fail.
-        (void)send_all(bad.get(), message(9, flag_client | flag_reply, 2000, 44));
+        (void)send_all(bad.get(), sockperf_message(9, flag_client | flag_reply, 2000, 44));
         const peer_end how = wait_for_close(bad.get(), default_timeout);
         CHECK((how == peer_end::eof || how == peer_end::reset));
         CHECK_THAT(d.process().stderr_text(),
@@ -382,7 +353,7 @@ TEST_CASE("sockperf framing: a bad length closes that connection only, with the 
             INFO("length " << length);
             socket_fd bad(d.connect());
             const std::string who = local_address(bad.get());
-            (void)send_all(bad.get(), message(9, flag_client | flag_reply, length, 45).substr(0, 14));
+            (void)send_all(bad.get(), sockperf_message(9, flag_client | flag_reply, length, 45).substr(0, 14));
             const peer_end how = wait_for_close(bad.get(), default_timeout);
             CHECK((how == peer_end::eof || how == peer_end::reset));
             CHECK_THAT(d.process().stderr_text(),
@@ -393,9 +364,9 @@ TEST_CASE("sockperf framing: a bad length closes that connection only, with the 
 
     // The good connection finishes its message and goes on.
     REQUIRE(send_all(good.get(), m3.substr(20)));
-    CHECK(recv_exact(good.get(), m3.size()) == reply_to(m3));
-    const std::string m4 = message(4, flag_client | flag_reply, 300, 46);
-    CHECK(exchange(good.get(), m4, m4.size()) == reply_to(m4));
+    CHECK(recv_exact(good.get(), m3.size()) == sockperf_reply(m3));
+    const std::string m4 = sockperf_message(4, flag_client | flag_reply, 300, 46);
+    CHECK(exchange(good.get(), m4, m4.size()) == sockperf_reply(m4));
     // And ends as a good connection does: everything back, then EOF (so
     // that the drain at stop has nothing to wait for).
     REQUIRE(::shutdown(good.get(), SHUT_WR) == 0);

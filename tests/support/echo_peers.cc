@@ -278,6 +278,27 @@ std::string proc_limit(int pid, const std::string& name) {
     return "";
 }
 
+std::string sockperf_message(std::uint64_t seq, std::uint16_t flags, std::uint32_t length, std::uint64_t seed) {
+    std::string m(14, '\0');
+    for (int i = 0; i < 8; ++i) {
+        m[i] = static_cast<char>(seq >> (56 - 8 * i));
+    }
+    m[8] = static_cast<char>(flags >> 8);
+    m[9] = static_cast<char>(flags & 0xff);
+    for (int i = 0; i < 4; ++i) {
+        m[10 + i] = static_cast<char>(length >> (24 - 8 * i));
+    }
+    if (length > 14) {
+        m += pattern(length - 14, seed);
+    }
+    return m;
+}
+
+std::string sockperf_reply(std::string m) {
+    m[9] = static_cast<char>(static_cast<unsigned char>(m[9]) & ~flag_client);
+    return m;
+}
+
 int first_allowed_cpu() {
     cpu_set_t set;
     CPU_ZERO(&set);

@@ -112,6 +112,16 @@ std::size_t fds_below(int pid, int limit, bool skip_unix = false);
 // or "".
 std::string proc_limit(int pid, const std::string& name);
 
+// sockperf's framing, by hand: flags, a message (the 14-byte big-endian
+// header: sequence, flags, total length; then `length - 14` bytes of payload
+// that vary with `seed`; the header alone when length < 14), and what a
+// server sends back for it (the very message, 0x1 cleared).
+constexpr std::uint16_t flag_client = 0x1;
+constexpr std::uint16_t flag_reply = 0x2;
+constexpr std::uint16_t flag_warmup = 0x4;
+std::string sockperf_message(std::uint64_t seq, std::uint16_t flags, std::uint32_t length, std::uint64_t seed);
+std::string sockperf_reply(std::string m);
+
 // Catch's --rng-seed, or a random one when it is 0.
 std::uint64_t test_seed();
 
