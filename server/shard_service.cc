@@ -428,6 +428,12 @@ task<void> run_shard(shard_plan plan) {
     if (::write(plan.done_fd, &one, sizeof(one)) != sizeof(one)) {
         spdlog::error("cannot tell the main thread this shard is done: {}", std::strerror(errno));
     }
+    if (sh.connections > 0) {
+        // Connections that ignored their abort (none should) still refer to
+        // `sh`: keep it alive until they end or the pool stops, which
+        // destroys their frames before this one (newest first).
+        co_await sh.drained.wait();
+    }
 }
 
 }  // namespace shardd::server
