@@ -54,26 +54,11 @@ public:
     accept_stream(const accept_stream&) = delete;
     accept_stream& operator=(const accept_stream&) = delete;
 
-    struct [[nodiscard]] next_op {
-        internal::accept_state* s;
-        bool await_ready() { return s->next_ready(); }
-        void await_suspend(std::coroutine_handle<> h) { s->next_suspend(h); }
-        expected<owned_fd> await_resume() {
-            s->next_resumed();
-            return s->take();
-        }
-    };
-    next_op next() { return {_s}; }
+    internal::stream_next_op<internal::accept_state> next() { return {_s}; }
     bool has_ready() const noexcept { return _s->has_ready() && !_s->aborted(); }
 
-    struct [[nodiscard]] settle_op {
-        internal::accept_state* s;
-        bool await_ready() const noexcept { return s->settled(); }
-        void await_suspend(std::coroutine_handle<> h) { s->settle_suspend(h); }
-        void await_resume() noexcept { s->settle_resumed(); }
-    };
     // Stops accepting for good and waits until the kernel has let go.
-    settle_op stop() {
+    internal::stream_settle_op stop() {
         _s->stop();
         return {_s};
     }

@@ -92,16 +92,7 @@ public:
     recv_stream(const recv_stream&) = delete;
     recv_stream& operator=(const recv_stream&) = delete;
 
-    struct [[nodiscard]] next_op {
-        internal::recv_state* s;
-        bool await_ready() { return s->next_ready(); }
-        void await_suspend(std::coroutine_handle<> h) { s->next_suspend(h); }
-        expected<received> await_resume() {
-            s->next_resumed();
-            return s->take();
-        }
-    };
-    next_op next() { return {_s}; }
+    internal::stream_next_op<internal::recv_state> next() { return {_s}; }
 
     // Whether next() has something at once (no suspension, no syscall).
     bool has_ready() const noexcept { return _s->has_ready() && !_s->aborted(); }
@@ -113,16 +104,10 @@ public:
     // it, before next(), to what it may still take.
     void limit_unread(std::size_t bytes) noexcept { _s->unread_limit = bytes; }
 
-    struct [[nodiscard]] settle_op {
-        internal::recv_state* s;
-        bool await_ready() const noexcept { return s->settled(); }
-        void await_suspend(std::coroutine_handle<> h) { s->settle_suspend(h); }
-        void await_resume() noexcept { s->settle_resumed(); }
-    };
     // Stops receiving until the next next(), and waits until the kernel has
     // let go of the receive: from then on no buffer is taken for this
     // socket. What arrived before is still delivered (has_ready()).
-    settle_op pause() {
+    internal::stream_settle_op pause() {
         _s->pause_receive();
         return {_s};
     }
@@ -143,7 +128,7 @@ public:
     buffers_op wait_for_buffers(abort_source* abort = nullptr) { return {_s->buffers->available(abort, true), _s}; }
 
     // Stops receiving for good and waits for the kernel to let go.
-    settle_op stop() {
+    internal::stream_settle_op stop() {
         _s->stop();
         return {_s};
     }

@@ -11,6 +11,7 @@
 #include "server/connection_slot.hh"
 
 #include "tests/support/executor.hh"
+#include "tests/support/socket_pair.hh"
 
 #include <catch2/catch.hpp>
 #include <fcntl.h>
@@ -22,17 +23,9 @@
 
 using namespace shardd;
 using shardd::test::make_executor;
+using shardd::test::socket_pair;
 
 namespace {
-
-struct socket_pair {
-    int fd[2];
-    socket_pair() { REQUIRE(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, fd) == 0); }
-    ~socket_pair() {
-        ::close(fd[0]);
-        ::close(fd[1]);
-    }
-};
 
 bool is_open(int fd) { return fcntl(fd, F_GETFD) != -1; }
 

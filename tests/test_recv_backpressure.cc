@@ -9,6 +9,7 @@
 #include "reactor/net.hh"
 
 #include "tests/support/executor.hh"
+#include "tests/support/socket_pair.hh"
 
 #include <catch2/catch.hpp>
 #include <chrono>
@@ -18,6 +19,7 @@
 
 using namespace shardd;
 using shardd::test::make_executor;
+using shardd::test::socket_pair;
 
 namespace {
 
@@ -44,15 +46,6 @@ std::size_t fill(int fd, const std::vector<std::byte>& data) {
     }
     return off;
 }
-
-struct socket_pair {
-    int fd[2];
-    socket_pair() { REQUIRE(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, fd) == 0); }
-    ~socket_pair() {
-        ::close(fd[0]);
-        ::close(fd[1]);
-    }
-};
 
 }  // namespace
 

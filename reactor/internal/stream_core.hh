@@ -108,4 +108,24 @@ private:
     task_queue* _queue = nullptr;
 };
 
+// The awaitables of next() (State: recv_state or accept_state, whose take()
+// turns the oldest record into the stream's result) and of pause()/stop().
+template <typename State>
+struct [[nodiscard]] stream_next_op {
+    State* s;
+    bool await_ready() { return s->next_ready(); }
+    void await_suspend(std::coroutine_handle<> h) { s->next_suspend(h); }
+    auto await_resume() {
+        s->next_resumed();
+        return s->take();
+    }
+};
+
+struct [[nodiscard]] stream_settle_op {
+    stream_core* s;
+    bool await_ready() const noexcept { return s->settled(); }
+    void await_suspend(std::coroutine_handle<> h) { s->settle_suspend(h); }
+    void await_resume() noexcept { s->settle_resumed(); }
+};
+
 }  // namespace shardd::internal
