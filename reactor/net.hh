@@ -45,10 +45,11 @@ expected<owned_fd> tcp_socket(int family);
 expected<socket_address> local_address(int fd);
 std::error_code set_nodelay(int fd, bool on);
 
-// One send(2) with MSG_NOSIGNAL: may be short.
-inline auto send_some(int fd, const void* data, std::uint32_t len) {
+// One send(2) with MSG_NOSIGNAL (and `flags`, e.g. MSG_DONTWAIT: see
+// send_msg): may be short.
+inline auto send_some(int fd, const void* data, std::uint32_t len, int flags = 0) {
     return io_op(&executor::current()->main_ring(),
-                 [=](io_uring_sqe* sqe) { io_uring_prep_send(sqe, fd, data, len, MSG_NOSIGNAL); });
+                 [=](io_uring_sqe* sqe) { io_uring_prep_send(sqe, fd, data, len, MSG_NOSIGNAL | flags); });
 }
 // One sendmsg(2) with MSG_NOSIGNAL (gathers several buffers): may be short.
 // `msg` and its iovecs must live until the operation completes. With

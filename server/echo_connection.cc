@@ -97,14 +97,21 @@ task<std::error_code> echo_connection::send_round(recv_stream& rx) {
     std::size_t first = 0;
     while (first < _out.size()) {
         const std::size_t n = std::min(_out.size() - first, max_send_iovecs);
-        msghdr msg{};
-        msg.msg_iov = &_out[first];
-        msg.msg_iovlen = n;
         std::size_t wanted = 0;
         for (std::size_t i = first; i < first + n; ++i) {
             wanted += _out[i].iov_len;
         }
-        auto sent = co_await send_msg(_fd, &msg, MSG_DONTWAIT).with_abort(_abort);
+        expected<std::uint32_t> sent = 0u;
+        if (n == 1) {
+            // IORING_OP_SEND: no msghdr for the kernel to copy in.
+            sent = co_await send_some(_fd, _out[first].iov_base, static_cast<std::uint32_t>(wanted), MSG_DONTWAIT)
+                       .with_abort(_abort);
+        } else {
+            msghdr msg{};
+            msg.msg_iov = &_out[first];
+            msg.msg_iovlen = n;
+            sent = co_await send_msg(_fd, &msg, MSG_DONTWAIT).with_abort(_abort);
+        }
         if (!sent && sent.error() != std::errc::resource_unavailable_try_again) {
             co_return sent.error();
         }
