@@ -233,9 +233,12 @@ task<echo_end> echo_connection::run() {
             }
         }
         end_round();
-        if (starved && !end) {
-            // (Awaited outside the if: GCC 12 miscompiles a co_await of a
-            // temporary awaitable in an if condition; it traps.)
+        if (starved && !end && _spill_len == 0) {
+            // Out of pool buffers: wait for one, first come first served.
+            // Not with a spill to send: the wake token would be held while
+            // we wait on our peer; the spill goes first, then next() asks
+            // again. (Awaited outside the if: GCC 12 miscompiles a co_await
+            // of a temporary awaitable in an if condition; it traps.)
             auto buffers = rx.wait_for_buffers(&_abort);
             if (!co_await buffers) {
                 end = echo_end::aborted;
