@@ -38,6 +38,15 @@ constexpr std::int64_t max_backlog = 65535;       // somaxconn's ceiling
 constexpr std::uint64_t sockperf_header = 14;     // u64 seq, u16 flags, u32 len
 constexpr std::uint64_t max_message_limit = 64 * MiB;
 constexpr std::size_t max_name_length = 64;
+// The shortest idle_timeout other than "0s" (off). The idle sweep runs four
+// times per timeout (idle_sweeps_per_timeout in server/shard_service.cc), so
+// this is one sweep every 2.5 ms, whose timer costs nothing measurable. Below
+// it the sweep turns into a busy loop: "1us" would wake it every 250 ns and
+// burn the shard's CPU whenever the listener has a connection. (Each sweep looks
+// at every connection of the listener; that part costs in proportion to how
+// many there are, the price of any short timeout.)
+constexpr duration min_idle_timeout = 10ms;
+constexpr duration max_idle_timeout = 24h;
 
 std::string describe(const toml::node& node) {
     switch (node.type()) {
@@ -169,8 +178,10 @@ private:
         });
     }
 
+    // With `zero_is_off`, "0s" is also accepted (it turns the feature off),
+    // and the range [min, max] is what any other value must fall in.
     void read_duration(const toml::table& t, const std::string& prefix, std::string_view key, duration& out,
-                       duration min, duration max) {
+                       duration min, duration max, bool zero_is_off = false) {
         with(t, prefix, key, [&](const toml::node& n, const std::string& path) {
             if (!n.is_string()) {
                 error(pos_of(n.source()), path,
@@ -182,10 +193,11 @@ private:
                 error(pos_of(n.source()), path, parsed.error());
                 return;
             }
-            if (*parsed < min || *parsed > max) {
+            const bool off = zero_is_off && parsed->count() == 0;
+            if (!off && (*parsed < min || *parsed > max)) {
                 error(pos_of(n.source()), path,
-                      "expected a duration from " + format_duration(min) + " to " + format_duration(max) + ", found " +
-                          describe(n));
+                      std::string(zero_is_off ? "expected \"0s\" (off) or " : "expected ") + "a duration from " +
+                          format_duration(min) + " to " + format_duration(max) + ", found " + describe(n));
                 return;
             }
             out = *parsed;
@@ -515,7 +527,7 @@ void reader::read_listener(const toml::table& t, const std::string& prefix, conf
         }
     }
     read_integer(t, prefix, "max_connections", l.max_connections, 1, 10'000'000);
-    read_duration(t, prefix, "idle_timeout", l.idle_timeout, 0s, 24h);
+    read_duration(t, prefix, "idle_timeout", l.idle_timeout, min_idle_timeout, max_idle_timeout, true);
     read_integer(t, prefix, "backlog", l.backlog, 1, max_backlog);
     read_bool(t, prefix, "nodelay", l.nodelay);
     read_size(t, prefix, "max_pending", l.max_pending, 1 * KiB, 1 * GiB);

@@ -61,6 +61,9 @@ TEST_CASE("--check reports bad configs with exit 78 and file:line:col", "[cli]")
              bad_case{"bad address", "[[listener]]\nname = \"l\"\nlisten = \"300.1.1.1:80\"\nmode = \"echo\"\n",
                       ":3:10: listener[0].listen: expected an IPv4 address"},
              bad_case{"syntax error", "[runtime\n" + listener, ":1:9: TOML syntax error"},
+             bad_case{"idle timeout that would spin", listener + "idle_timeout = \"1us\"\n",
+                      ":5:16: listener[0].idle_timeout: expected \"0s\" (off) or a duration from 10ms to 24h, found "
+                      "\"1us\"\n"},
          }) {
         INFO(c.what);
         temp_file f("shardd.toml", c.toml);

@@ -132,6 +132,13 @@ std::vector<bad_case> cases() {
          "expected at least runtime.recv_buffer_size (16KiB), found 8KiB"},
         {"idle_timeout as a float", listener + "idle_timeout = 1.5\n", "5:16: listener[0].idle_timeout",
          "found float 1.5"},
+        // The idle sweep runs four times per timeout: "1us" would make it spin.
+        {"idle_timeout too short to sweep", listener + "idle_timeout = \"1us\"\n", "5:16: listener[0].idle_timeout",
+         "expected \"0s\" (off) or a duration from 10ms to 24h, found \"1us\""},
+        {"idle_timeout just under the minimum", listener + "idle_timeout = \"9ms999us\"\n",
+         "5:16: listener[0].idle_timeout", "expected \"0s\" (off) or a duration from 10ms to 24h"},
+        {"idle_timeout too long", listener + "idle_timeout = \"25h\"\n", "5:16: listener[0].idle_timeout",
+         "expected \"0s\" (off) or a duration from 10ms to 24h, found \"25h\""},
         {"upstream without servers", listener + "[[upstream]]\nname = \"u\"\n", "5:1: upstream[0].servers",
          "missing; expected at least one address"},
         {"upstream server with port 0", listener + "[[upstream]]\nname = \"u\"\nservers = [\"127.0.0.1:0\"]\n",

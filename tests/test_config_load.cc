@@ -237,3 +237,9 @@ TEST_CASE("a missing file is reported with its name", "[config]") {
     REQUIRE(r.diagnostics.size() == 1);
     CHECK(r.diagnostics[0].to_string() == "/nonexistent/shardd.toml: cannot open: No such file or directory");
 }
+
+TEST_CASE("idle_timeout takes 0s (off) and anything from 10ms", "[config]") {
+    CHECK(load_ok(minimal + "idle_timeout = \"0s\"\n").listeners[0].idle_timeout == 0s);
+    CHECK(load_ok(minimal + "idle_timeout = \"10ms\"\n").listeners[0].idle_timeout == 10ms);
+    CHECK(load_ok(minimal + "idle_timeout = \"24h\"\n").listeners[0].idle_timeout == 24h);
+}
