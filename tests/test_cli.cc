@@ -1,10 +1,12 @@
 // The command line, through the real binary: exit codes, --check,
 // --print-config and override precedence.
+#include "config/load.hh"
 #include "tests/support/loopback.hh"
 #include "tests/support/process.hh"
 
 #include <arpa/inet.h>
 #include <catch2/catch.hpp>
+#include <filesystem>
 #include <netinet/in.h>
 #include <sys/socket.h>
 #include <unistd.h>
@@ -142,4 +144,75 @@ TEST_CASE("--cpus overrides a file value outside the allowed set", "[cli]") {
     CHECK_THAT(r.err, Catch::Contains(":2:8: runtime.cpus: CPU 4000 is not available"));
     r = run_shardd({"--check", "-c", f.path(), "--cpus", "0"});
     CHECK(r.exit_code == 0);
+}
+
+TEST_CASE("a directory given as the config is reported as one", "[cli]") {
+    temp_file f("shardd.toml", listener);
+    const std::string dir = std::filesystem::path(f.path()).parent_path().string();
+    auto r = run_shardd({"--check", "-c", dir});
+    CHECK(r.exit_code == 78);
+    CHECK(r.out.empty());
+    CHECK(r.err == dir + ": cannot open: Is a directory\n");
+}
+
+namespace {
+
+// A valid config of exactly `size` bytes: the listener, then a comment.
+std::string config_of_size(std::size_t size) {
+    std::string text = listener + "#";
+    text += std::string(size - text.size() - 1, 'x');
+    return text + "\n";
+}
+
+const std::string too_large = ": larger than 1MiB; not a shardd configuration\n";
+
+}  // namespace
+
+TEST_CASE("a config file is read up to 1 MiB and no further", "[cli]") {
+    REQUIRE(shardd::config::max_config_file_size == 1024 * 1024);
+    temp_file at_cap("shardd.toml", config_of_size(shardd::config::max_config_file_size));
+    auto r = run_shardd({"--check", "-c", at_cap.path()});
+    CHECK(r.exit_code == 0);
+    CHECK(r.out == "configuration OK\n");
+    CHECK(r.err.empty());
+
+    temp_file over_cap("shardd.toml", config_of_size(shardd::config::max_config_file_size + 1));
+    r = run_shardd({"--check", "-c", over_cap.path()});
+    CHECK(r.exit_code == 78);
+    CHECK(r.out.empty());
+    CHECK(r.err == over_cap.path() + too_large);
+}
+
+TEST_CASE("an endless config (/dev/zero, a pipe that never ends) is refused at once", "[cli]") {
+    // Reading up to the cap takes milliseconds; the unbounded read this
+    // replaces took 2.5 s per 1.7 GB and never ended. A third of the usual
+    // timeout is ample margin for a loaded machine, and far from "never".
+    constexpr auto prompt = default_timeout / 3;
+    daemon_process zero({"--check", "-c", "/dev/zero"});
+    auto r = zero.wait(prompt);
+    REQUIRE(r.has_value());
+    CHECK(r->exit_code == 78);
+    CHECK(r->err == "/dev/zero" + too_large);
+
+    // `yes` writes until shardd closes the pipe (then SIGPIPE ends it).
+    daemon_process pipe({"-c", "yes | exec \"$0\" --check -c /dev/stdin", shardd_binary()}, {}, "/bin/sh");
+    r = pipe.wait(prompt);
+    REQUIRE(r.has_value());
+    CHECK(r->exit_code == 78);
+    CHECK(r->err == "/dev/stdin" + too_large);
+}
+
+TEST_CASE("a config through a pipe or a symlink is read like a file", "[cli]") {
+    temp_file f("shardd.toml", listener);
+    auto r =
+        run_program("/bin/sh", {"-c", "cat \"$1\" | exec \"$0\" --check -c /dev/stdin", shardd_binary(), f.path()});
+    CHECK(r.exit_code == 0);
+    CHECK(r.out == "configuration OK\n");
+    CHECK(r.err.empty());
+
+    const std::string link = std::filesystem::path(f.path()).parent_path() / "link.toml";
+    std::filesystem::create_symlink(f.path(), link);
+    r = run_shardd({"--check", "-c", link});
+    CHECK(r.exit_code == 0);
+    CHECK(r.out == "configuration OK\n");
 }
