@@ -216,3 +216,29 @@ TEST_CASE("a config through a pipe or a symlink is read like a file", "[cli]") {
     CHECK(r.exit_code == 0);
     CHECK(r.out == "configuration OK\n");
 }
+
+namespace {
+
+// True when `text` has a control byte other than the newlines that end lines.
+bool has_raw_control(const std::string& text) {
+    return std::any_of(text.begin(), text.end(), [](char c) {
+        const auto b = static_cast<unsigned char>(c);
+        return (b < 0x20 && b != '\n') || b == 0x7f;
+    });
+}
+
+}  // namespace
+
+TEST_CASE("--check prints control characters from the config escaped", "[cli]") {
+    // \u001b in a TOML string is a raw ESC once parsed; printed as is it
+    // would turn the operator's terminal red.
+    temp_file f("shardd.toml", listener + "protocol = \"\\u001b[31mred\"\n\"a\\u0001b\" = 1\n");
+    auto r = run_shardd({"--check", "-c", f.path()});
+    CHECK(r.exit_code == 78);
+    INFO(r.err);
+    CHECK_THAT(r.err, Catch::Contains(":5:12: listener[0].protocol: expected \"raw\" or \"sockperf\", found "
+                                      "\"\\x1b[31mred\"\n"));
+    CHECK_THAT(r.err, Catch::Contains(":6:1: listener[0].a\\x01b: unknown key"));
+    CHECK(std::count(r.err.begin(), r.err.end(), '\n') == 2);
+    CHECK_FALSE(has_raw_control(r.err));
+}
