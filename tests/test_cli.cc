@@ -1,6 +1,7 @@
 // The command line, through the real binary: exit codes, --check,
 // --print-config and override precedence.
 #include "config/load.hh"
+#include "tests/support/echo_daemon.hh"
 #include "tests/support/loopback.hh"
 #include "tests/support/process.hh"
 
@@ -241,4 +242,35 @@ TEST_CASE("--check prints control characters from the config escaped", "[cli]") 
     CHECK_THAT(r.err, Catch::Contains(":6:1: listener[0].a\\x01b: unknown key"));
     CHECK(std::count(r.err.begin(), r.err.end(), '\n') == 2);
     CHECK_FALSE(has_raw_control(r.err));
+}
+
+namespace {
+
+// 8 x 1KiB buffers against a max_pending of 64KiB: the pool holds an eighth
+// of one connection's round.
+const std::string small_pool =
+    "[runtime]\nrecv_buffers = 8\nrecv_buffer_size = \"1KiB\"\n" + listener + "max_pending = \"64KiB\"\n";
+const std::string small_pool_warning =
+    ":8:15: warning: listener[0].max_pending: 64KiB per connection and round; the receive pool runtime.recv_buffers "
+    "x recv_buffer_size is 8 x 1KiB = 8KiB per shard, less than 4 rounds: connections will wait for buffers under "
+    "load\n";
+
+}  // namespace
+
+TEST_CASE("--check warns when the receive pool is short of 4 rounds, and still passes", "[cli]") {
+    temp_file f("shardd.toml", small_pool);
+    auto r = run_shardd({"--check", "-c", f.path()});
+    CHECK(r.exit_code == 0);
+    CHECK(r.out == "configuration OK\n");
+    CHECK(r.err == f.path() + small_pool_warning);
+}
+
+TEST_CASE("the receive pool warning is in the start-up log too", "[cli]") {
+    echo_daemon d(small_pool);
+    // Printed before logging starts, so before READY=1, which the
+    // constructor waited for.
+    CHECK_THAT(d.process().stderr_text(), Catch::Contains(small_pool_warning));
+    auto r = d.stop();
+    REQUIRE(r.has_value());
+    CHECK(r->exit_code == 0);
 }
