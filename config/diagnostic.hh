@@ -25,6 +25,9 @@ struct diagnostic {
     std::string path;  // "listener[1].listen[0]", or "--cpus"
     std::string message;
 
+    // The one line to print. Control characters and bytes that are not UTF-8
+    // come out escaped (\x1b, \n, \u009b, ...), wherever they came from:
+    // the file's keys and values, its name, or the command line.
     std::string to_string() const;
 };
 

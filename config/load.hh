@@ -25,7 +25,15 @@ struct load_result {
     bool ok() const { return cfg.has_value(); }
 };
 
+// The largest config file load_file() reads. A shardd configuration is a few
+// KiB (the example with every key is about 2 KiB); anything past 1 MiB is
+// some other file given by mistake (a log, a binary, /dev/zero), and the cap
+// keeps reading it from taking unbounded memory and time.
+inline constexpr std::uint64_t max_config_file_size = 1 * MiB;
+
 // `allowed` is the set runtime.cpus must fall in (normally allowed_cpus()).
+// Reads regular files, and pipes and devices too (`-c /dev/stdin`), up to
+// max_config_file_size.
 load_result load_file(const std::string& path, const overrides& over, const cpu_set& allowed);
 // `name` stands for the file name in diagnostics.
 load_result load_string(std::string_view text, const std::string& name, const overrides& over, const cpu_set& allowed);

@@ -38,6 +38,24 @@ constexpr std::int64_t max_backlog = 65535;       // somaxconn's ceiling
 constexpr std::uint64_t sockperf_header = 14;     // u64 seq, u16 flags, u32 len
 constexpr std::uint64_t max_message_limit = 64 * MiB;
 constexpr std::size_t max_name_length = 64;
+// The receive pool (runtime.recv_buffers x recv_buffer_size, per shard) should
+// hold at least this many full receive rounds of a listener's max_pending: a
+// connection holds up to max_pending bytes of pool buffers for one round, so
+// a pool that four connections receiving at once can empty runs dry under any
+// real load, and waiting for buffers (ENOBUFS) becomes the normal case rather
+// than a burst's exception. Four is a floor that only clearly undersized pools
+// fall below, so the warning stays quiet for tuned ones; it is not a sizing
+// target (the defaults give 64 rounds).
+constexpr std::uint64_t min_pool_rounds = 4;
+// The shortest idle_timeout other than "0s" (off). The idle sweep runs four
+// times per timeout (idle_sweeps_per_timeout in server/shard_service.cc), so
+// this is one sweep every 2.5 ms, whose timer costs nothing measurable. Below
+// it the sweep turns into a busy loop: "1us" would wake it every 250 ns and
+// burn the shard's CPU whenever the listener has a connection. (Each sweep looks
+// at every connection of the listener; that part costs in proportion to how
+// many there are, the price of any short timeout.)
+constexpr duration min_idle_timeout = 10ms;
+constexpr duration max_idle_timeout = 24h;
 
 std::string describe(const toml::node& node) {
     switch (node.type()) {
@@ -169,8 +187,10 @@ private:
         });
     }
 
+    // With `zero_is_off`, "0s" is also accepted (it turns the feature off),
+    // and the range [min, max] is what any other value must fall in.
     void read_duration(const toml::table& t, const std::string& prefix, std::string_view key, duration& out,
-                       duration min, duration max) {
+                       duration min, duration max, bool zero_is_off = false) {
         with(t, prefix, key, [&](const toml::node& n, const std::string& path) {
             if (!n.is_string()) {
                 error(pos_of(n.source()), path,
@@ -182,10 +202,11 @@ private:
                 error(pos_of(n.source()), path, parsed.error());
                 return;
             }
-            if (*parsed < min || *parsed > max) {
+            const bool off = zero_is_off && parsed->count() == 0;
+            if (!off && (*parsed < min || *parsed > max)) {
                 error(pos_of(n.source()), path,
-                      "expected a duration from " + format_duration(min) + " to " + format_duration(max) + ", found " +
-                          describe(n));
+                      std::string(zero_is_off ? "expected \"0s\" (off) or " : "expected ") + "a duration from " +
+                          format_duration(min) + " to " + format_duration(max) + ", found " + describe(n));
                 return;
             }
             out = *parsed;
@@ -356,6 +377,7 @@ private:
         return n->as_table();
     }
 
+    void warn_small_pool(const toml::table& root, const config& cfg);
     void read_runtime(const toml::table& t, const overrides& over, runtime_config& rt);
     void read_listener(const toml::table& t, const std::string& prefix, config& cfg);
     void read_upstream(const toml::table& t, const std::string& prefix, config& cfg);
@@ -515,7 +537,7 @@ void reader::read_listener(const toml::table& t, const std::string& prefix, conf
         }
     }
     read_integer(t, prefix, "max_connections", l.max_connections, 1, 10'000'000);
-    read_duration(t, prefix, "idle_timeout", l.idle_timeout, 0s, 24h);
+    read_duration(t, prefix, "idle_timeout", l.idle_timeout, min_idle_timeout, max_idle_timeout, true);
     read_integer(t, prefix, "backlog", l.backlog, 1, max_backlog);
     read_bool(t, prefix, "nodelay", l.nodelay);
     read_size(t, prefix, "max_pending", l.max_pending, 1 * KiB, 1 * GiB);
@@ -524,6 +546,42 @@ void reader::read_listener(const toml::table& t, const std::string& prefix, conf
         warning(pos_of(m->source()), prefix + ".max_message", "has no effect: only sockperf listeners parse messages");
     }
     cfg.listeners.push_back(std::move(l));
+}
+
+// A warning per listener whose max_pending the receive pool covers fewer than
+// min_pool_rounds times. It sits where the operator made the mismatch: the
+// listener's max_pending when the file sets it; else the runtime key set
+// below its default, which shrank the pool (the defaults alone hold 64
+// rounds of the default max_pending, so there is one); else, as a last
+// resort, the [[listener]] table. The path is always the listener's
+// max_pending, the promise the pool cannot keep, so that each listener's
+// warning names its own.
+void reader::warn_small_pool(const toml::table& root, const config& cfg) {
+    const auto& rt = cfg.runtime;
+    const runtime_config defaults;
+    const std::uint64_t pool = std::uint64_t{rt.recv_buffers} * rt.recv_buffer_size;
+    const toml::node* shrunk = nullptr;
+    if (rt.recv_buffers < defaults.recv_buffers) {
+        shrunk = root.at_path("runtime.recv_buffers").node();
+    } else if (rt.recv_buffer_size < defaults.recv_buffer_size) {
+        shrunk = root.at_path("runtime.recv_buffer_size").node();
+    }
+    for (std::size_t i = 0; i < cfg.listeners.size(); ++i) {
+        const auto& l = cfg.listeners[i];
+        // Below one buffer is already an error (the cross-check above).
+        if (l.max_pending < rt.recv_buffer_size || pool >= min_pool_rounds * l.max_pending) {
+            continue;
+        }
+        const std::string prefix = "listener[" + std::to_string(i) + "]";
+        const toml::node* set = root.at_path(prefix + ".max_pending").node();
+        const toml::node* at = set ? set : shrunk ? shrunk : root.at_path(prefix).node();
+        warning(at ? pos_of(at->source()) : position{}, prefix + ".max_pending",
+                format_size(l.max_pending) + (set ? "" : " (the default)") +
+                    " per connection and round; the receive pool runtime.recv_buffers x recv_buffer_size is " +
+                    std::to_string(rt.recv_buffers) + " x " + format_size(rt.recv_buffer_size) + " = " +
+                    format_size(pool) + " per shard, less than " + std::to_string(min_pool_rounds) +
+                    " rounds: connections will wait for buffers under load");
+    }
 }
 
 void reader::read(const toml::table& root, const overrides& over, config& cfg) {
@@ -568,6 +626,7 @@ void reader::read(const toml::table& root, const overrides& over, config& cfg) {
                       "), found " + format_size(l.max_pending));
         }
     }
+    warn_small_pool(root, cfg);
     for (std::size_t i = 0; i < cfg.upstreams.size(); ++i) {
         const auto& up = cfg.upstreams[i];
         if (!up.name.empty() && !_upstream_used.contains(up.name)) {

@@ -1,10 +1,13 @@
 // The command line, through the real binary: exit codes, --check,
 // --print-config and override precedence.
+#include "config/load.hh"
+#include "tests/support/echo_daemon.hh"
 #include "tests/support/loopback.hh"
 #include "tests/support/process.hh"
 
 #include <arpa/inet.h>
 #include <catch2/catch.hpp>
+#include <filesystem>
 #include <netinet/in.h>
 #include <sys/socket.h>
 #include <unistd.h>
@@ -61,6 +64,9 @@ TEST_CASE("--check reports bad configs with exit 78 and file:line:col", "[cli]")
              bad_case{"bad address", "[[listener]]\nname = \"l\"\nlisten = \"300.1.1.1:80\"\nmode = \"echo\"\n",
                       ":3:10: listener[0].listen: expected an IPv4 address"},
              bad_case{"syntax error", "[runtime\n" + listener, ":1:9: TOML syntax error"},
+             bad_case{"idle timeout that would spin", listener + "idle_timeout = \"1us\"\n",
+                      ":5:16: listener[0].idle_timeout: expected \"0s\" (off) or a duration from 10ms to 24h, found "
+                      "\"1us\"\n"},
          }) {
         INFO(c.what);
         temp_file f("shardd.toml", c.toml);
@@ -139,4 +145,132 @@ TEST_CASE("--cpus overrides a file value outside the allowed set", "[cli]") {
     CHECK_THAT(r.err, Catch::Contains(":2:8: runtime.cpus: CPU 4000 is not available"));
     r = run_shardd({"--check", "-c", f.path(), "--cpus", "0"});
     CHECK(r.exit_code == 0);
+}
+
+TEST_CASE("a directory given as the config is reported as one", "[cli]") {
+    temp_file f("shardd.toml", listener);
+    const std::string dir = std::filesystem::path(f.path()).parent_path().string();
+    auto r = run_shardd({"--check", "-c", dir});
+    CHECK(r.exit_code == 78);
+    CHECK(r.out.empty());
+    CHECK(r.err == dir + ": cannot open: Is a directory\n");
+}
+
+namespace {
+
+// A valid config of exactly `size` bytes: the listener, then a comment.
+std::string config_of_size(std::size_t size) {
+    std::string text = listener + "#";
+    text += std::string(size - text.size() - 1, 'x');
+    return text + "\n";
+}
+
+const std::string too_large = ": larger than 1MiB; not a shardd configuration\n";
+
+}  // namespace
+
+TEST_CASE("a config file is read up to 1 MiB and no further", "[cli]") {
+    REQUIRE(shardd::config::max_config_file_size == 1024 * 1024);
+    temp_file at_cap("shardd.toml", config_of_size(shardd::config::max_config_file_size));
+    auto r = run_shardd({"--check", "-c", at_cap.path()});
+    CHECK(r.exit_code == 0);
+    CHECK(r.out == "configuration OK\n");
+    CHECK(r.err.empty());
+
+    temp_file over_cap("shardd.toml", config_of_size(shardd::config::max_config_file_size + 1));
+    r = run_shardd({"--check", "-c", over_cap.path()});
+    CHECK(r.exit_code == 78);
+    CHECK(r.out.empty());
+    CHECK(r.err == over_cap.path() + too_large);
+}
+
+TEST_CASE("an endless config (/dev/zero, a pipe that never ends) is refused at once", "[cli]") {
+    // Reading up to the cap takes milliseconds; the unbounded read this
+    // replaces took 2.5 s per 1.7 GB and never ended. A third of the usual
+    // timeout is ample margin for a loaded machine, and far from "never".
+    constexpr auto prompt = default_timeout / 3;
+    daemon_process zero({"--check", "-c", "/dev/zero"});
+    auto r = zero.wait(prompt);
+    REQUIRE(r.has_value());
+    CHECK(r->exit_code == 78);
+    CHECK(r->err == "/dev/zero" + too_large);
+
+    // `yes` writes until shardd closes the pipe (then SIGPIPE ends it).
+    daemon_process pipe({"-c", "yes | exec \"$0\" --check -c /dev/stdin", shardd_binary()}, {}, "/bin/sh");
+    r = pipe.wait(prompt);
+    REQUIRE(r.has_value());
+    CHECK(r->exit_code == 78);
+    CHECK(r->err == "/dev/stdin" + too_large);
+}
+
+TEST_CASE("a config through a pipe or a symlink is read like a file", "[cli]") {
+    temp_file f("shardd.toml", listener);
+    auto r =
+        run_program("/bin/sh", {"-c", "cat \"$1\" | exec \"$0\" --check -c /dev/stdin", shardd_binary(), f.path()});
+    CHECK(r.exit_code == 0);
+    CHECK(r.out == "configuration OK\n");
+    CHECK(r.err.empty());
+
+    const std::string link = std::filesystem::path(f.path()).parent_path() / "link.toml";
+    std::filesystem::create_symlink(f.path(), link);
+    r = run_shardd({"--check", "-c", link});
+    CHECK(r.exit_code == 0);
+    CHECK(r.out == "configuration OK\n");
+}
+
+namespace {
+
+// True when `text` has a control byte other than the newlines that end lines.
+bool has_raw_control(const std::string& text) {
+    return std::any_of(text.begin(), text.end(), [](char c) {
+        const auto b = static_cast<unsigned char>(c);
+        return (b < 0x20 && b != '\n') || b == 0x7f;
+    });
+}
+
+}  // namespace
+
+TEST_CASE("--check prints control characters from the config escaped", "[cli]") {
+    // \u001b in a TOML string is a raw ESC once parsed; printed as is it
+    // would turn the operator's terminal red.
+    temp_file f("shardd.toml", listener + "protocol = \"\\u001b[31mred\"\n\"a\\u0001b\" = 1\n");
+    auto r = run_shardd({"--check", "-c", f.path()});
+    CHECK(r.exit_code == 78);
+    INFO(r.err);
+    CHECK_THAT(r.err, Catch::Contains(":5:12: listener[0].protocol: expected \"raw\" or \"sockperf\", found "
+                                      "\"\\x1b[31mred\"\n"));
+    CHECK_THAT(r.err, Catch::Contains(":6:1: listener[0].a\\x01b: unknown key"));
+    CHECK(std::count(r.err.begin(), r.err.end(), '\n') == 2);
+    CHECK_FALSE(has_raw_control(r.err));
+}
+
+namespace {
+
+// 8 x 1KiB buffers against a max_pending of 64KiB: the pool holds an eighth
+// of one connection's round.
+const std::string small_pool =
+    "[runtime]\nrecv_buffers = 8\nrecv_buffer_size = \"1KiB\"\n" + listener + "max_pending = \"64KiB\"\n";
+const std::string small_pool_warning =
+    ":8:15: warning: listener[0].max_pending: 64KiB per connection and round; the receive pool runtime.recv_buffers "
+    "x recv_buffer_size is 8 x 1KiB = 8KiB per shard, less than 4 rounds: connections will wait for buffers under "
+    "load\n";
+
+}  // namespace
+
+TEST_CASE("--check warns when the receive pool is short of 4 rounds, and still passes", "[cli]") {
+    temp_file f("shardd.toml", small_pool);
+    auto r = run_shardd({"--check", "-c", f.path()});
+    CHECK(r.exit_code == 0);
+    CHECK(r.out == "configuration OK\n");
+    CHECK(r.err == f.path() + small_pool_warning);
+}
+
+TEST_CASE("the receive pool warning is in the start-up log too", "[cli]") {
+    echo_daemon d(small_pool);
+    // Printed before logging starts, so before READY=1, which the
+    // constructor waited for.
+    CHECK_THAT(d.process().stderr_text(), Catch::Contains(small_pool_warning));
+    auto r = d.stop();
+    REQUIRE(r.has_value());
+    CHECK(r->exit_code == 0);
 }

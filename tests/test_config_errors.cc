@@ -132,6 +132,13 @@ std::vector<bad_case> cases() {
          "expected at least runtime.recv_buffer_size (16KiB), found 8KiB"},
         {"idle_timeout as a float", listener + "idle_timeout = 1.5\n", "5:16: listener[0].idle_timeout",
          "found float 1.5"},
+        // The idle sweep runs four times per timeout: "1us" would make it spin.
+        {"idle_timeout too short to sweep", listener + "idle_timeout = \"1us\"\n", "5:16: listener[0].idle_timeout",
+         "expected \"0s\" (off) or a duration from 10ms to 24h, found \"1us\""},
+        {"idle_timeout just under the minimum", listener + "idle_timeout = \"9ms999us\"\n",
+         "5:16: listener[0].idle_timeout", "expected \"0s\" (off) or a duration from 10ms to 24h"},
+        {"idle_timeout too long", listener + "idle_timeout = \"25h\"\n", "5:16: listener[0].idle_timeout",
+         "expected \"0s\" (off) or a duration from 10ms to 24h, found \"25h\""},
         {"upstream without servers", listener + "[[upstream]]\nname = \"u\"\n", "5:1: upstream[0].servers",
          "missing; expected at least one address"},
         {"upstream server with port 0", listener + "[[upstream]]\nname = \"u\"\nservers = [\"127.0.0.1:0\"]\n",
@@ -232,4 +239,76 @@ TEST_CASE("a malformed file value is still an error when --cpus overrides it", "
     auto r = load_string("[runtime]\ncpus = \"zero\"\n" + listener, "f.toml", over, two_cpus);
     REQUIRE_FALSE(r.ok());
     CHECK_THAT(r.diagnostics[0].to_string(), Catch::StartsWith("f.toml:2:8: runtime.cpus: expected"));
+}
+
+namespace {
+
+// The control bytes in `line`, as "\\xNN" each; "" when there are none.
+std::string control_bytes(const std::string& line) {
+    std::string out;
+    for (unsigned char c : line) {
+        if (c < 0x20 || c == 0x7f) {
+            const char hex[] = "0123456789abcdef";
+            out += std::string("\\x") + hex[c >> 4] + hex[c & 0xf];
+        }
+    }
+    return out;
+}
+
+}  // namespace
+
+TEST_CASE("control characters from the file come out of diagnostics escaped", "[config][errors]") {
+    struct escape_case {
+        const char* what;
+        std::string toml;
+        std::string expected;  // a part of the one diagnostic, escaped
+    };
+    for (const auto& c : {
+             // A terminal would turn the rest of the line red.
+             escape_case{"an ESC sequence in a string value", listener + "protocol = \"\\u001b[31m\"\n",
+                         "5:12: listener[0].protocol: expected \"raw\" or \"sockperf\", found \"\\x1b[31m\""},
+             // An xterm title-setting sequence, ended by BEL.
+             escape_case{"an OSC sequence in a name",
+                         "[[listener]]\nname = \"\\u001b]0;owned\\u0007\"\nlisten = \"127.0.0.1:0\"\nmode = \"echo\"\n",
+                         "2:8: listener[0].name: expected a name of 1 to 64 letters, digits, '_', '-' or '.', found "
+                         "\"\\x1b]0;owned\\x07\""},
+             escape_case{"a 0x01 byte in a quoted key", listener + "\"a\\u0001b\" = 1\n",
+                         "5:1: listener[0].a\\x01b: unknown key"},
+             escape_case{"tab, newline, carriage return and DEL", listener + "protocol = \"a\\tb\\nc\\rd\\u007f\"\n",
+                         "found \"a\\tb\\nc\\rd\\x7f\""},
+             // CSI as one C1 character, which 8-bit terminals obey like ESC [.
+             escape_case{"a C1 control in a value", listener + "protocol = \"\\u009b31m\"\n", "found \"\\u009b31m\""},
+         }) {
+        INFO(c.what << "\n--- config ---\n" << c.toml);
+        auto r = load_string(c.toml, "bad.toml", {}, two_cpus);
+        REQUIRE_FALSE(r.ok());
+        REQUIRE(r.diagnostics.size() == 1);
+        const std::string line = r.diagnostics[0].to_string();
+        INFO("got: " << line);
+        CHECK_THAT(line, Catch::StartsWith("bad.toml:"));
+        CHECK_THAT(line, Catch::Contains(c.expected));
+        CHECK(control_bytes(line) == "");
+    }
+}
+
+TEST_CASE("a raw control byte in the file is not echoed either", "[config][errors]") {
+    // TOML forbids it outside strings and toml++ says so; the byte it
+    // quotes back comes out escaped.
+    auto r = load_string(listener + "a\x01"
+                                    "b = 1\n",
+                         "bad.toml", {}, two_cpus);
+    REQUIRE_FALSE(r.ok());
+    REQUIRE(r.diagnostics.size() == 1);
+    const std::string line = r.diagnostics[0].to_string();
+    INFO("got: " << line);
+    CHECK_THAT(line, Catch::StartsWith("bad.toml:5:2: TOML syntax error"));
+    CHECK(control_bytes(line) == "");
+}
+
+TEST_CASE("diagnostics keep UTF-8 text and escape bytes that are not UTF-8", "[config][errors]") {
+    // The file name comes from the command line, where any bytes may be.
+    auto r = load_string(listener + "protocol = \"\u00e9cho\"\n", "bad\xff\xc3.toml", {}, two_cpus);
+    REQUIRE(r.diagnostics.size() == 1);
+    CHECK(r.diagnostics[0].to_string() ==
+          "bad\\xff\\xc3.toml:5:12: listener[0].protocol: expected \"raw\" or \"sockperf\", found \"\u00e9cho\"");
 }

@@ -237,3 +237,62 @@ TEST_CASE("a missing file is reported with its name", "[config]") {
     REQUIRE(r.diagnostics.size() == 1);
     CHECK(r.diagnostics[0].to_string() == "/nonexistent/shardd.toml: cannot open: No such file or directory");
 }
+
+TEST_CASE("idle_timeout takes 0s (off) and anything from 10ms", "[config]") {
+    CHECK(load_ok(minimal + "idle_timeout = \"0s\"\n").listeners[0].idle_timeout == 0s);
+    CHECK(load_ok(minimal + "idle_timeout = \"10ms\"\n").listeners[0].idle_timeout == 10ms);
+    CHECK(load_ok(minimal + "idle_timeout = \"24h\"\n").listeners[0].idle_timeout == 24h);
+}
+
+TEST_CASE("a receive pool under 4 rounds of max_pending is a warning at the key that made it small", "[config]") {
+    const std::string tail = " per connection and round; the receive pool runtime.recv_buffers x recv_buffer_size is ";
+    const std::string end = " per shard, less than 4 rounds: connections will wait for buffers under load";
+    struct pool_case {
+        const char* what;
+        std::string toml;
+        std::string line;  // the one diagnostic
+    };
+    for (const auto& c : {
+             // On the listener's max_pending when it sets one.
+             pool_case{"max_pending set", minimal + "max_pending = \"8MiB\"\n",
+                       "w.toml:6:15: warning: listener[0].max_pending: 8MiB" + tail + "1024 x 16KiB = 16MiB" + end},
+             // Else on the runtime key that shrank the pool.
+             pool_case{"few buffers", "[runtime]\nrecv_buffers = 8\n" + minimal,
+                       "w.toml:2:16: warning: listener[0].max_pending: 256KiB (the default)" + tail +
+                           "8 x 16KiB = 128KiB" + end},
+             pool_case{"small buffers", "[runtime]\nrecv_buffer_size = \"64B\"\n" + minimal,
+                       "w.toml:2:20: warning: listener[0].max_pending: 256KiB (the default)" + tail +
+                           "1024 x 64B = 64KiB" + end},
+             // More buffers than the default, but tiny ones: the size is what shrank it.
+             pool_case{"many small buffers", "[runtime]\nrecv_buffers = 4096\nrecv_buffer_size = \"64B\"\n" + minimal,
+                       "w.toml:3:20: warning: listener[0].max_pending: 256KiB (the default)" + tail +
+                           "4096 x 64B = 256KiB" + end},
+         }) {
+        INFO(c.what);
+        auto r = load_string(c.toml, "w.toml", {}, two_cpus);
+        REQUIRE(r.ok());
+        REQUIRE(r.diagnostics.size() == 1);
+        CHECK(r.diagnostics[0].level == severity::warning);
+        CHECK(r.diagnostics[0].to_string() == c.line);
+    }
+}
+
+TEST_CASE("the pool warning names each listener short of 4 rounds, and no other", "[config]") {
+    // 64 x 16KiB = 1MiB: exactly 4 rounds of 256KiB is enough, 257KiB is not.
+    const std::string text = "[runtime]\nrecv_buffers = 64\n"
+                             "[[listener]]\nname = \"a\"\nlisten = \"127.0.0.1:0\"\nmode = \"echo\"\n"
+                             "[[listener]]\nname = \"b\"\nlisten = \"127.0.0.1:0\"\nmode = \"echo\"\n"
+                             "max_pending = \"257KiB\"\n";
+    auto r = load_string(text, "w.toml", {}, two_cpus);
+    REQUIRE(r.ok());
+    REQUIRE(r.diagnostics.size() == 1);
+    CHECK_THAT(r.diagnostics[0].to_string(),
+               Catch::StartsWith("w.toml:11:15: warning: listener[1].max_pending: 257KiB per connection and round; "
+                                 "the receive pool runtime.recv_buffers x recv_buffer_size is 64 x 16KiB = 1MiB"));
+}
+
+TEST_CASE("the defaults draw no warning", "[config]") {
+    auto r = load_string(minimal, "w.toml", {}, two_cpus);
+    REQUIRE(r.ok());
+    CHECK(r.diagnostics.empty());
+}
