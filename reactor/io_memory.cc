@@ -326,8 +326,6 @@ bool io_memory::free(const io_buffer& b) noexcept {
     return true;
 }
 
-bool memlock_charged() noexcept { return !has_cap_ipc_lock(); }
-
 expected<std::size_t> raise_memlock_limit() {
     rlimit lim{};
     if (getrlimit(RLIMIT_MEMLOCK, &lim) != 0) {

@@ -161,11 +161,6 @@ private:
 // returns the resulting soft limit in bytes; RLIM_INFINITY maps to SIZE_MAX.
 expected<std::size_t> raise_memlock_limit();
 
-// Whether io_uring memory this thread sets up counts against RLIMIT_MEMLOCK:
-// true unless the thread has CAP_IPC_LOCK. A hint, as for memlock_allows():
-// a CAP_IPC_LOCK held only inside a user namespace exempts nothing.
-bool memlock_charged() noexcept;
-
 // Where an operator raises the limit, for the messages that name it.
 inline constexpr const char* memlock_raise_hint =
     "raise LimitMEMLOCK= (systemd) or ulimit -l (docker run --ulimit memlock=)";
