@@ -12,8 +12,6 @@ namespace shardd {
 
 namespace {
 constexpr unsigned max_buffer_ring_entries = 32768;
-
-std::string kib(std::size_t bytes) { return std::to_string((bytes + 1023) / 1024) + " KiB"; }
 }  // namespace
 
 expected<std::unique_ptr<buffer_ring>> buffer_ring::create(internal::ring& on, std::uint16_t group, unsigned count,
@@ -69,8 +67,8 @@ std::string buffer_ring::describe_error(std::error_code ec, unsigned count) {
     rlimit lim{};
     const std::string limit = getrlimit(RLIMIT_MEMLOCK, &lim) != 0 ? std::string("unknown")
                               : lim.rlim_cur == RLIM_INFINITY      ? std::string("unlimited")
-                                                                   : kib(lim.rlim_cur);
-    return ec.message() + ": its " + kib(locked) + " of descriptors did not fit in RLIMIT_MEMLOCK (" + limit +
+                                                                   : memlock_kib(lim.rlim_cur);
+    return ec.message() + ": its " + memlock_kib(locked) + " of descriptors did not fit in RLIMIT_MEMLOCK (" + limit +
            " for all shards together and every other process of this user, which without CAP_IPC_LOCK also holds "
            "their io_uring rings); " +
            memlock_raise_hint + ", or run fewer shards";

@@ -42,10 +42,6 @@ constexpr std::uint64_t slice_clock_check_every = 16;
 // Main, latency and poll.
 constexpr std::size_t rings_per_executor = 3;
 
-// "4096 KiB": the unit of every locked-memory number in the messages, so
-// that they add up. Rounded up: the kernel charges whole pages.
-std::string kib(std::size_t bytes) { return std::to_string((bytes + 1023) / 1024) + " KiB"; }
-
 // The one warning for a shard that runs with less than it was configured
 // for: what it runs with, and what the limit would have to hold per shard
 // for the full configuration, all in KiB.
@@ -65,7 +61,7 @@ std::string degraded_message(executor& ex, const executor_config& cfg, const exp
     const bool memlock_refused = !arena_error || arena_error == std::errc::not_enough_memory;
     if (!memlock_refused) {
         // Not the limit (EFAULT, say): nothing about memlock to tell.
-        return "io_memory: " + cfg.name + " cannot register " + kib(arena->capacity()) + " as fixed buffers (" +
+        return "io_memory: " + cfg.name + " cannot register " + memlock_kib(arena->capacity()) + " as fixed buffers (" +
                arena_error.message() + "); running without registered buffers";
     }
     bool same_size = true;
@@ -75,21 +71,22 @@ std::string degraded_message(executor& ex, const executor_config& cfg, const exp
     std::string what;
     if (locked < full) {
         what = "with smaller io_uring rings (" + (same_size ? std::to_string(rings[0]->entries()) : sizes) +
-               " entries instead of " + std::to_string(cfg.ring_entries) + ": " + kib(locked) + " locked instead of " +
-               kib(full) + ")";
+               " entries instead of " + std::to_string(cfg.ring_entries) + ": " + memlock_kib(locked) +
+               " locked instead of " + memlock_kib(full) + ")";
     }
     const std::size_t arena_charge = arena ? arena->memlock_charge() : 0;
     if (arena_error) {
-        what += std::string(what.empty() ? "" : " and ") + "without registered io_memory (" + kib(arena_charge) +
-                " more did not fit: " + arena_error.message() + ")";
+        what += std::string(what.empty() ? "" : " and ") + "without registered io_memory (" +
+                memlock_kib(arena_charge) + " more did not fit: " + arena_error.message() + ")";
     }
-    const std::string limit = memlock ? kib(*memlock) : std::string("unknown");
+    const std::string limit = memlock ? memlock_kib(*memlock) : std::string("unknown");
     // A smaller io_memory is the way out only when the rings fit without it.
     const bool arena_too_big = memlock && full <= *memlock && full + arena_charge > *memlock;
     return "memlock: " + cfg.name + " runs " + what + ": RLIMIT_MEMLOCK is " + limit +
            " for all shards together (and every other process of this user), and without CAP_IPC_LOCK io_uring "
            "memory counts against it. Full speed needs " +
-           kib(full + arena_charge) + " per shard (" + kib(arena_charge) + " of io_memory + " + kib(full) +
+           memlock_kib(full + arena_charge) + " per shard (" + memlock_kib(arena_charge) + " of io_memory + " +
+           memlock_kib(full) +
            " of rings, which Linux 6.14+ charges too) plus its receive buffer ring: " + memlock_raise_hint +
            (arena_too_big ? ", or use a smaller io_memory" : "") +
            ". (Logged once: for the first shard that falls short; any other at debug level.)";
@@ -158,12 +155,13 @@ expected<std::unique_ptr<executor>, start_error> executor::create(const executor
             std::string why = std::string("cannot create the ") + internal::to_string(kind) + " io_uring ring";
             if (r.error() == std::errc::not_enough_memory) {
                 why += " of " + std::to_string(entries) + " entries (" +
-                       kib(internal::ring::estimate_locked_bytes(entries)) + " locked): " + r.error().message() +
-                       "; RLIMIT_MEMLOCK is " + (memlock ? kib(*memlock) : std::string("unknown")) +
+                       memlock_kib(internal::ring::estimate_locked_bytes(entries)) +
+                       " locked): " + r.error().message() + "; RLIMIT_MEMLOCK is " +
+                       (memlock ? memlock_kib(*memlock) : std::string("unknown")) +
                        ", shared by all shards and every process of this user, and without CAP_IPC_LOCK the kernel "
                        "charges io_uring rings to it (Linux 6.14+). Each shard needs at least " +
-                       kib(rings_per_executor *
-                           internal::ring::estimate_locked_bytes(internal::memlock_fallback_entries)) +
+                       memlock_kib(rings_per_executor *
+                                   internal::ring::estimate_locked_bytes(internal::memlock_fallback_entries)) +
                        " of rings plus its receive buffer ring: " + memlock_raise_hint + ", or run fewer shards";
             } else {
                 why += ": " + r.error().message();
@@ -216,9 +214,9 @@ expected<std::unique_ptr<executor>, start_error> executor::create(const executor
                   cfg.name, ex->_main->describe_flags(), ex->_main->entries(), ex->_main->fd(),
                   ex->_latency->describe_flags(), ex->_latency->entries(), ex->_latency->fd(),
                   ex->_poll->describe_flags(), ex->_poll->entries(), ex->_poll->fd(), ex->_event_fd,
-                  !ex->_arena
-                      ? std::string("none")
-                      : kib(ex->_arena->capacity()) + (ex->_arena->registered() ? " registered" : " unregistered"));
+                  !ex->_arena ? std::string("none")
+                              : memlock_kib(ex->_arena->capacity()) +
+                                    (ex->_arena->registered() ? " registered" : " unregistered"));
 
     ex->_queues.push_back(std::make_unique<internal::task_queue>());
     ex->_queues[0]->stats.name = "default";

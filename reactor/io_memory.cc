@@ -326,6 +326,13 @@ bool io_memory::free(const io_buffer& b) noexcept {
     return true;
 }
 
+std::string memlock_kib(std::size_t bytes) {
+    if (bytes == std::numeric_limits<std::size_t>::max()) {
+        return "unlimited";
+    }
+    return std::to_string(bytes / 1024 + (bytes % 1024 != 0)) + " KiB";
+}
+
 expected<std::size_t> raise_memlock_limit() {
     rlimit lim{};
     if (getrlimit(RLIMIT_MEMLOCK, &lim) != 0) {

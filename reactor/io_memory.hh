@@ -51,6 +51,7 @@
 #include <cstdint>
 #include <optional>
 #include <span>
+#include <string>
 #include <system_error>
 #include <vector>
 
@@ -160,6 +161,11 @@ private:
 // Raises RLIMIT_MEMLOCK's soft limit to the hard limit (process-wide) and
 // returns the resulting soft limit in bytes; RLIM_INFINITY maps to SIZE_MAX.
 expected<std::size_t> raise_memlock_limit();
+
+// "4096 KiB", or "unlimited" for SIZE_MAX: the one unit of every
+// locked-memory number in the messages, so that they add up. Rounded up: the
+// kernel charges whole pages.
+std::string memlock_kib(std::size_t bytes);
 
 // Where an operator raises the limit, for the messages that name it.
 inline constexpr const char* memlock_raise_hint =
