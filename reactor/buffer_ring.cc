@@ -1,15 +1,18 @@
 #include "reactor/buffer_ring.hh"
 
 #include "reactor/executor.hh"
+#include "reactor/io_memory.hh"
 
 #include <cerrno>
 #include <sys/mman.h>
+#include <sys/resource.h>
+#include <unistd.h>
 
 namespace shardd {
 
 namespace {
 constexpr unsigned max_buffer_ring_entries = 32768;
-}
+}  // namespace
 
 expected<std::unique_ptr<buffer_ring>> buffer_ring::create(internal::ring& on, std::uint16_t group, unsigned count,
                                                            std::size_t size) {
@@ -52,6 +55,23 @@ expected<std::unique_ptr<buffer_ring>> buffer_ring::create(internal::ring& on, s
     }
     io_uring_buf_ring_advance(br->_br, static_cast<int>(count));
     return br;
+}
+
+std::string buffer_ring::describe_error(std::error_code ec, unsigned count) {
+    if (ec != std::errc::not_enough_memory) {
+        return ec.message();
+    }
+    const long page = sysconf(_SC_PAGESIZE);
+    const std::size_t page_bytes = page > 0 ? static_cast<std::size_t>(page) : 4096;
+    const std::size_t locked = (std::size_t{count} * sizeof(io_uring_buf) + page_bytes - 1) / page_bytes * page_bytes;
+    rlimit lim{};
+    const std::string limit = getrlimit(RLIMIT_MEMLOCK, &lim) != 0 ? std::string("unknown")
+                              : lim.rlim_cur == RLIM_INFINITY      ? std::string("unlimited")
+                                                                   : memlock_kib(lim.rlim_cur);
+    return ec.message() + ": its " + memlock_kib(locked) + " of descriptors did not fit in RLIMIT_MEMLOCK (" + limit +
+           " for all shards together and every other process of this user, which without CAP_IPC_LOCK also holds "
+           "their io_uring rings); " +
+           memlock_raise_hint + ", or run fewer shards";
 }
 
 buffer_ring::~buffer_ring() {

@@ -15,6 +15,7 @@
 #include <cstdint>
 #include <memory>
 #include <span>
+#include <string>
 #include <vector>
 
 namespace shardd {
@@ -30,6 +31,13 @@ public:
     // 32768 (the kernel's limit for a buffer ring).
     static expected<std::unique_ptr<buffer_ring>> create(internal::ring& on, std::uint16_t group, unsigned count,
                                                          std::size_t size);
+    // Why create() failed, for the log: the error's message, and for ENOMEM
+    // the RLIMIT_MEMLOCK numbers and how to raise the limit. Since 6.14 the
+    // kernel charges the ring of `count` 16-byte descriptors to that limit
+    // (io_register_pbuf_ring() -> io_create_region(), whether the memory is
+    // ours or, with IOU_PBUF_RING_MMAP, the kernel's), and by then the
+    // executors' rings may have used it up.
+    static std::string describe_error(std::error_code ec, unsigned count);
     ~buffer_ring();
     buffer_ring(const buffer_ring&) = delete;
     buffer_ring& operator=(const buffer_ring&) = delete;

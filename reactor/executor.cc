@@ -2,6 +2,7 @@
 
 #include "reactor/probe.hh"
 
+#include <atomic>
 #include <cerrno>
 #include <cstring>
 #include <ctime>
@@ -37,6 +38,59 @@ constexpr auto shutdown_drain_timeout = 5s;
 // A slice reads the clock after this many resumptions: a resumption that
 // only queues an I/O takes ~100 ns, a clock read on a VM ~30-50 ns.
 constexpr std::uint64_t slice_clock_check_every = 16;
+
+// Main, latency and poll.
+constexpr std::size_t rings_per_executor = 3;
+
+// The one warning for a shard that runs with less than it was configured
+// for: what it runs with, and what the limit would have to hold per shard
+// for the full configuration, all in KiB.
+std::string degraded_message(executor& ex, const executor_config& cfg, const expected<std::size_t>& memlock,
+                             std::error_code arena_error) {
+    internal::ring* rings[] = {&ex.main_ring(), &ex.latency_ring(), &ex.poll_ring()};
+    std::size_t locked = 0;
+    std::size_t full = 0;
+    std::string sizes;
+    for (internal::ring* r : rings) {
+        locked += r->locked_bytes();
+        full += r->locked_bytes_for(cfg.ring_entries);
+        sizes += (sizes.empty() ? "" : ", ") + std::string(internal::to_string(r->kind())) + " " +
+                 std::to_string(r->entries());
+    }
+    io_memory* arena = ex.arena();
+    const bool memlock_refused = !arena_error || arena_error == std::errc::not_enough_memory;
+    if (!memlock_refused) {
+        // Not the limit (EFAULT, say): nothing about memlock to tell.
+        return "io_memory: " + cfg.name + " cannot register " + memlock_kib(arena->capacity()) + " as fixed buffers (" +
+               arena_error.message() + "); running without registered buffers";
+    }
+    bool same_size = true;
+    for (internal::ring* r : rings) {
+        same_size = same_size && r->entries() == rings[0]->entries();
+    }
+    std::string what;
+    if (locked < full) {
+        what = "with smaller io_uring rings (" + (same_size ? std::to_string(rings[0]->entries()) : sizes) +
+               " entries instead of " + std::to_string(cfg.ring_entries) + ": " + memlock_kib(locked) +
+               " locked instead of " + memlock_kib(full) + ")";
+    }
+    const std::size_t arena_charge = arena ? arena->memlock_charge() : 0;
+    if (arena_error) {
+        what += std::string(what.empty() ? "" : " and ") + "without registered io_memory (" +
+                memlock_kib(arena_charge) + " more did not fit: " + arena_error.message() + ")";
+    }
+    const std::string limit = memlock ? memlock_kib(*memlock) : std::string("unknown");
+    // A smaller io_memory is the way out only when the rings fit without it.
+    const bool arena_too_big = memlock && full <= *memlock && full + arena_charge > *memlock;
+    return "memlock: " + cfg.name + " runs " + what + ": RLIMIT_MEMLOCK is " + limit +
+           " for all shards together (and every other process of this user), and without CAP_IPC_LOCK io_uring "
+           "memory counts against it. Full speed needs " +
+           memlock_kib(full + arena_charge) + " per shard (" + memlock_kib(arena_charge) + " of io_memory + " +
+           memlock_kib(full) +
+           " of rings, which Linux 6.14+ charges too) plus its receive buffer ring: " + memlock_raise_hint +
+           (arena_too_big ? ", or use a smaller io_memory" : "") +
+           ". (Logged once: for the first shard that falls short; any other at debug level.)";
+}
 
 }  // namespace
 
@@ -74,11 +128,45 @@ expected<std::unique_ptr<executor>, start_error> executor::create(const executor
         }
         ex->_arena.emplace(std::move(*arena));
     }
+    // What RLIMIT_MEMLOCK holds goes to the rings first: a shard cannot run
+    // without them, and only runs slower with smaller rings or without
+    // io_memory. When three rings of the configured size would not fit the
+    // limit even alone, and the kernel charges rings to it (6.14+; 5.12 to
+    // 6.13 do not, and their rings must not shrink for nothing), every ring
+    // starts as small as a ring gets. Otherwise a ring that does not fit
+    // (other shards, and every other process of this user, share the limit)
+    // is made small, and so are the rings after it. A ring already created
+    // stays as it is: a destroyed ring's pages go back to the limit later,
+    // from a kernel worker (io_ring_exit_work), so a small ring created right
+    // after could still find them charged.
+    unsigned entries = cfg.ring_entries;
+    if (memlock && entries > internal::memlock_fallback_entries &&
+        rings_per_executor * internal::ring::estimate_locked_bytes(entries) > *memlock &&
+        internal::ring::charges_rings(*memlock).value_or(false)) {
+        entries = internal::memlock_fallback_entries;
+    }
     for (auto kind : {internal::ring_kind::main, internal::ring_kind::latency, internal::ring_kind::poll}) {
-        auto r = internal::ring::create(kind, cfg.ring_entries);
+        auto r = internal::ring::create(kind, entries);
+        if (!r && r.error() == std::errc::not_enough_memory && entries > internal::memlock_fallback_entries) {
+            entries = internal::memlock_fallback_entries;
+            r = internal::ring::create(kind, entries);
+        }
         if (!r) {
-            return unexpected{start_error{r.error(), std::string("cannot create the ") + internal::to_string(kind) +
-                                                         " io_uring ring: " + r.error().message()}};
+            std::string why = std::string("cannot create the ") + internal::to_string(kind) + " io_uring ring";
+            if (r.error() == std::errc::not_enough_memory) {
+                why += " of " + std::to_string(entries) + " entries (" +
+                       memlock_kib(internal::ring::estimate_locked_bytes(entries)) +
+                       " locked): " + r.error().message() + "; RLIMIT_MEMLOCK is " +
+                       (memlock ? memlock_kib(*memlock) : std::string("unknown")) +
+                       ", shared by all shards and every process of this user, and without CAP_IPC_LOCK the kernel "
+                       "charges io_uring rings to it (Linux 6.14+). Each shard needs at least " +
+                       memlock_kib(rings_per_executor *
+                                   internal::ring::estimate_locked_bytes(internal::memlock_fallback_entries)) +
+                       " of rings plus its receive buffer ring: " + memlock_raise_hint + ", or run fewer shards";
+            } else {
+                why += ": " + r.error().message();
+            }
+            return unexpected{start_error{r.error(), why}};
         }
         switch (kind) {
         case internal::ring_kind::main: ex->_main = std::move(*r); break;
@@ -102,28 +190,33 @@ expected<std::unique_ptr<executor>, start_error> executor::create(const executor
     if (ex->_event_fd < 0) {
         return unexpected{start_error{errno_code(errno), std::string("eventfd: ") + std::strerror(errno)}};
     }
+    std::error_code arena_error;
     if (ex->_arena) {
         io_uring* rings[] = {&ex->_main->raw(), &ex->_poll->raw()};
-        if (auto ec = ex->_arena->register_with(rings)) {
-            // Not fatal: operations use ordinary (unregistered) buffers. One
-            // warning per process, not one per shard.
-            static std::atomic<bool> warned{false};
-            const std::string why = "io_memory: cannot register " + std::to_string(ex->_arena->capacity() >> 10) +
-                                    " KiB as fixed buffers (" + ec.message() + "; needs " +
-                                    std::to_string(ex->_arena->memlock_required(2) >> 10) +
-                                    " KiB of RLIMIT_MEMLOCK, soft limit " +
-                                    (memlock ? std::to_string(*memlock >> 10) + " KiB" : std::string("unknown")) +
-                                    "); running without registered buffers. Raise LimitMEMLOCK= or ulimit -l.";
-            if (!warned.exchange(true)) {
-                spdlog::warn("{}", why);
-            } else {
-                spdlog::debug("{}: {}", cfg.name, why);
-            }
+        arena_error = ex->_arena->register_with(rings);
+    }
+    const bool small_rings = ex->_main->entries() < cfg.ring_entries || ex->_latency->entries() < cfg.ring_entries ||
+                             ex->_poll->entries() < cfg.ring_entries;
+    if (arena_error || small_rings) {
+        // Not fatal: smaller rings batch less, and without registered
+        // buffers operations use ordinary ones. One warning per process, not
+        // one per shard.
+        static std::atomic<bool> warned{false};
+        const std::string why = degraded_message(*ex, cfg, memlock, arena_error);
+        if (!warned.exchange(true)) {
+            spdlog::warn("{}", why);
+        } else {
+            spdlog::debug("{}", why);
         }
     }
-    spdlog::debug("{}: rings main {} (fd {}), latency {} (fd {}), poll {} (fd {}); eventfd {}", cfg.name,
-                  ex->_main->describe_flags(), ex->_main->fd(), ex->_latency->describe_flags(), ex->_latency->fd(),
-                  ex->_poll->describe_flags(), ex->_poll->fd(), ex->_event_fd);
+    spdlog::debug("{}: rings main {} x {} (fd {}), latency {} x {} (fd {}), poll {} x {} (fd {}); eventfd {}; "
+                  "io_memory {}",
+                  cfg.name, ex->_main->describe_flags(), ex->_main->entries(), ex->_main->fd(),
+                  ex->_latency->describe_flags(), ex->_latency->entries(), ex->_latency->fd(),
+                  ex->_poll->describe_flags(), ex->_poll->entries(), ex->_poll->fd(), ex->_event_fd,
+                  !ex->_arena ? std::string("none")
+                              : memlock_kib(ex->_arena->capacity()) +
+                                    (ex->_arena->registered() ? " registered" : " unregistered"));
 
     ex->_queues.push_back(std::make_unique<internal::task_queue>());
     ex->_queues[0]->stats.name = "default";

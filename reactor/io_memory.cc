@@ -47,6 +47,32 @@ std::size_t kernel_page_size() noexcept {
     return p > 0 ? static_cast<std::size_t>(p) : io_memory::min_block;
 }
 
+// IORING_REGISTER_CLONE_BUFFERS and its argument (6.12), which liburing
+// 2.3's <liburing/io_uring.h> predates. 6.12 had `__u32 pad[6]` after
+// `flags`; 6.13 named the first three src_off, dst_off and nr, where 0 still
+// means "from the start, all of them", so zeroes mean the same to both.
+constexpr unsigned register_clone_buffers = 30;
+struct clone_buffers_arg {
+    std::uint32_t src_fd;
+    std::uint32_t flags;
+    std::uint32_t src_off;
+    std::uint32_t dst_off;
+    std::uint32_t nr;
+    std::uint32_t pad[3];
+};
+static_assert(sizeof(clone_buffers_arg) == 32);
+
+// Gives `dst` the fixed buffers of `src` (same process, so the same memlock
+// account: the kernel refuses a clone between differently accounted rings with
+// EINVAL). -errno on failure: EINVAL on a kernel without the call, ENXIO when
+// `src` has no buffers, EBUSY when `dst` has some.
+int clone_buffers(io_uring* dst, const io_uring* src) noexcept {
+    clone_buffers_arg arg{};
+    arg.src_fd = static_cast<std::uint32_t>(src->ring_fd);
+    const long rc = syscall(SYS_io_uring_register, dst->ring_fd, register_clone_buffers, &arg, 1);
+    return rc < 0 ? -errno : 0;
+}
+
 // CAP_IPC_LOCK in this thread's effective set. capget(2) through the raw
 // syscall: libcap is not a dependency, and one bit is all we need.
 bool has_cap_ipc_lock() noexcept {
@@ -97,7 +123,8 @@ io_memory::io_memory(std::byte* base, std::size_t capacity) : _base(base), _capa
 io_memory::io_memory(io_memory&& other) noexcept
     : _base(std::exchange(other._base, nullptr)), _capacity(std::exchange(other._capacity, 0)),
       _in_use(std::exchange(other._in_use, 0)), _max_order(std::exchange(other._max_order, 0)),
-      _pages(std::move(other._pages)), _free_heads(std::move(other._free_heads)), _rings(std::move(other._rings)) {
+      _pages(std::move(other._pages)), _free_heads(std::move(other._free_heads)), _rings(std::move(other._rings)),
+      _charge(std::exchange(other._charge, 0)) {
     other._pages.clear();
     other._free_heads.clear();
     other._rings.clear();
@@ -113,6 +140,7 @@ io_memory& io_memory::operator=(io_memory&& other) noexcept {
         _pages = std::move(other._pages);
         _free_heads = std::move(other._free_heads);
         _rings = std::move(other._rings);
+        _charge = std::exchange(other._charge, 0);
         other._pages.clear();
         other._free_heads.clear();
         other._rings.clear();
@@ -135,6 +163,7 @@ void io_memory::release() noexcept {
     _pages.clear();
     _free_heads.clear();
     _rings.clear();
+    _charge = 0;
 }
 
 std::size_t io_memory::memlock_required(std::size_t rings) const noexcept {
@@ -166,8 +195,26 @@ std::error_code io_memory::register_with(std::span<io_uring* const> rings) {
     }
     _rings.reserve(rings.size());  // no allocation failure between two kernel calls
     const iovec iov{_base, _capacity};
-    for (io_uring* ring : rings) {
-        if (int rc = io_uring_register_buffers(ring, &iov, 1); rc < 0) {
+    const std::size_t per_ring = memlock_required(1);
+    _charge = per_ring;
+    if (int rc = io_uring_register_buffers(rings[0], &iov, 1); rc < 0) {
+        // For the caller's message: would the other rings have shared this
+        // registration? rings[0] has no buffers (else EBUSY), so a clone from
+        // it changes nothing and only tells whether the kernel knows the call.
+        if (rc != -EBUSY && rings.size() > 1 && clone_buffers(rings[1], rings[0]) == -EINVAL) {
+            _charge = memlock_required(rings.size());
+        }
+        return errno_code(rc);
+    }
+    _rings.push_back(rings[0]);
+    for (io_uring* ring : rings.subspan(1)) {
+        int rc = clone_buffers(ring, rings[0]);
+        if (rc == -EINVAL) {
+            // Before 6.12: a registration of its own, charged again.
+            _charge += per_ring;
+            rc = io_uring_register_buffers(ring, &iov, 1);
+        }
+        if (rc < 0) {
             // All or nothing: a buf_index of 0 must be valid on every ring a
             // buffer may be submitted to, or not be handed out at all.
             unregister();
@@ -277,6 +324,13 @@ bool io_memory::free(const io_buffer& b) noexcept {
     }
     push_free(page, order);
     return true;
+}
+
+std::string memlock_kib(std::size_t bytes) {
+    if (bytes == std::numeric_limits<std::size_t>::max()) {
+        return "unlimited";
+    }
+    return std::to_string(bytes / 1024 + (bytes % 1024 != 0)) + " KiB";
 }
 
 expected<std::size_t> raise_memlock_limit() {

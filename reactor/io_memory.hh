@@ -21,8 +21,13 @@
 //   was capable(), also init_user_ns, before commit 6adc2272aaaf in 2023). So
 //   root on the host is exempt; "root" in a user namespace is not; dropping
 //   the capability after the ring exists changes nothing for that ring.
-// - Every ring accounts its own registration: the same arena on the main and
-//   the poll ring is charged twice (memlock_required(2)).
+// - Every ring accounts its own registration: the same arena registered on
+//   the main and the poll ring is charged twice (memlock_required(2)).
+//   IORING_REGISTER_CLONE_BUFFERS (6.12, io_register_clone_buffers() in
+//   io_uring/rsrc.c) gives a second ring the first ring's registration
+//   without accounting it again ("Since the memory is already accounted once,
+//   don't account it again"; measured on 6.18: 0 pages). register_with()
+//   clones where it can, so on 6.12+ the arena is charged once per shard.
 // - What 5.12 changed (commit 26bfa89e25f4, "io_uring: place ring SQ/CQ arrays
 //   under memcg memory limits") was the *rings*: their SQ/CQ arrays moved from
 //   memlock to memcg. Its message: "We retain rlimit memlock for registered
@@ -46,6 +51,7 @@
 #include <cstdint>
 #include <optional>
 #include <span>
+#include <string>
 #include <system_error>
 #include <vector>
 
@@ -82,9 +88,14 @@ public:
     ~io_memory();
 
     // Bytes of RLIMIT_MEMLOCK that registering on `rings` rings charges when
-    // the rings were created without CAP_IPC_LOCK: whole kernel pages, once
-    // per ring. Saturates at SIZE_MAX.
+    // the rings were created without CAP_IPC_LOCK and each ring registers its
+    // own copy (kernels before 6.12): whole kernel pages, once per ring.
+    // Saturates at SIZE_MAX. memlock_charge() says what register_with() did.
     std::size_t memlock_required(std::size_t rings = 1) const noexcept;
+    // What the last register_with() charged, or would have charged had the
+    // kernel let it: memlock_required(1) when the rings share one
+    // registration (6.12+), once per ring otherwise. 0 before any attempt.
+    std::size_t memlock_charge() const noexcept { return _charge; }
     // Whether registering on `rings` rings should fit: true if this process
     // has CAP_IPC_LOCK, else whether the soft limit, after
     // raise_memlock_limit(), covers memlock_required(rings). A hint for the
@@ -93,12 +104,15 @@ public:
     // held only inside a user namespace. register_with() is the real test.
     bool memlock_allows(std::size_t rings = 1) const;
 
-    // Registers the arena as one fixed buffer on each ring (e.g. main and
-    // poll). Rings must have no fixed buffers yet. On any failure (ENOMEM from
-    // memlock, EBUSY, EFAULT above 1 GiB, ...) it unregisters from the rings
-    // it had already succeeded on and returns the error; the arena stays
-    // usable, unregistered (buf_index -1). The caller logs one warning and
-    // carries on. EBUSY if already registered, EINVAL for no rings.
+    // Registers the arena as one fixed buffer on the first ring and shares
+    // that registration with the others (IORING_REGISTER_CLONE_BUFFERS,
+    // 6.12+), or registers it again on each where the kernel cannot (EINVAL
+    // before 6.12). Rings must have no fixed buffers yet. On any failure
+    // (ENOMEM from memlock, EBUSY, EFAULT above 1 GiB, ...) it unregisters
+    // from the rings it had already succeeded on and returns the error; the
+    // arena stays usable, unregistered (buf_index -1). The caller logs one
+    // warning and carries on. EBUSY if already registered, EINVAL for no
+    // rings.
     std::error_code register_with(std::span<io_uring* const> rings);
     // Drops the registration from every ring it was made on. Only while those
     // rings are alive; in-flight fixed ops keep the kernel's reference.
@@ -141,10 +155,20 @@ private:
     std::vector<page_node> _pages;
     std::vector<std::uint32_t> _free_heads;  // one free list per order
     std::vector<io_uring*> _rings;           // rings the arena is registered on
+    std::size_t _charge = 0;                 // memlock_charge()
 };
 
 // Raises RLIMIT_MEMLOCK's soft limit to the hard limit (process-wide) and
 // returns the resulting soft limit in bytes; RLIM_INFINITY maps to SIZE_MAX.
 expected<std::size_t> raise_memlock_limit();
+
+// "4096 KiB", or "unlimited" for SIZE_MAX: the one unit of every
+// locked-memory number in the messages, so that they add up. Rounded up: the
+// kernel charges whole pages.
+std::string memlock_kib(std::size_t bytes);
+
+// Where an operator raises the limit, for the messages that name it.
+inline constexpr const char* memlock_raise_hint =
+    "raise LimitMEMLOCK= (systemd) or ulimit -l (docker run --ulimit memlock=)";
 
 }  // namespace shardd

@@ -397,7 +397,8 @@ task<void> run_shard(shard_plan plan) {
     auto buffers = buffer_ring::create(ex->main_ring(), recv_buffer_group, rt.recv_buffers, rt.recv_buffer_size);
     if (!buffers) {
         started.failed("cannot set up the receive buffer ring (" + std::to_string(rt.recv_buffers) + " x " +
-                       config::format_size(rt.recv_buffer_size) + "): " + buffers.error().message());
+                       config::format_size(rt.recv_buffer_size) +
+                       "): " + buffer_ring::describe_error(buffers.error(), rt.recv_buffers));
         co_return;
     }
     sh.buffers = std::move(*buffers);

@@ -1,9 +1,11 @@
 #include "reactor/internal/ring.hh"
 
+#include <algorithm>
 #include <cassert>
 #include <cerrno>
 #include <span>
 #include <spdlog/spdlog.h>
+#include <unistd.h>
 
 namespace shardd::internal {
 
@@ -77,6 +79,30 @@ std::span<const unsigned> candidates(ring_kind kind) {
 // SQE, and an overflowing CQ costs an extra kernel list (IORING_FEAT_NODROP).
 constexpr unsigned cq_factor = 4;
 
+// What a ring locks, as rings_size() and io_allocate_scq_urings() in
+// io_uring/io_uring.c (6.14+) lay it out: a header, the CQEs (aligned to
+// SMP_CACHE_BYTES), the SQ index array, all in one region rounded up to
+// pages; the SQEs in a second region. `header` is the CQEs' offset
+// (io_uring_params.cq_off.cqes).
+constexpr std::size_t kernel_cache_line = 64;  // SMP_CACHE_BYTES on x86-64 and arm64
+// cq_off.cqes on 6.18 x86-64, for estimates made before a ring exists; a
+// created ring's own offset is used wherever there is one.
+constexpr std::size_t estimated_ring_header = 64;
+
+std::size_t round_up(std::size_t n, std::size_t to) noexcept { return (n + to - 1) / to * to; }
+
+std::size_t page_bytes() noexcept {
+    const long p = sysconf(_SC_PAGESIZE);
+    return p > 0 ? static_cast<std::size_t>(p) : 4096;
+}
+
+std::size_t locked_bytes_with(std::size_t header, unsigned entries) noexcept {
+    const std::size_t sq = entries;
+    const std::size_t cq = sq * cq_factor;
+    const std::size_t region = round_up(header + cq * sizeof(io_uring_cqe), kernel_cache_line) + sq * sizeof(unsigned);
+    return round_up(region, page_bytes()) + round_up(sq * sizeof(io_uring_sqe), page_bytes());
+}
+
 }  // namespace
 
 const char* to_string(ring_kind kind) {
@@ -133,6 +159,47 @@ expected<std::unique_ptr<ring>> ring::create(ring_kind kind, unsigned entries, u
 }
 
 ring::~ring() { io_uring_queue_exit(&_ring); }
+
+std::size_t ring::locked_bytes() const noexcept {
+    // liburing sizes both mappings of the one region (IORING_FEAT_SINGLE_MMAP)
+    // to the larger of the SQ and CQ parts.
+    const std::size_t region = std::max(_ring.sq.ring_sz, _ring.cq.ring_sz);
+    return round_up(region, page_bytes()) + round_up(std::size_t{entries()} * sizeof(io_uring_sqe), page_bytes());
+}
+
+std::size_t ring::locked_bytes_for(unsigned n) const noexcept {
+    const auto header = static_cast<std::size_t>(reinterpret_cast<const char*>(_ring.cq.cqes) -
+                                                 static_cast<const char*>(_ring.cq.ring_ptr));
+    return locked_bytes_with(header, n);
+}
+
+std::size_t ring::estimate_locked_bytes(unsigned n) noexcept { return locked_bytes_with(estimated_ring_header, n); }
+
+std::optional<bool> ring::charges_rings(std::size_t limit) {
+    // The smallest ring that locks more than `limit`, within
+    // IORING_MAX_CQ_ENTRIES (65536) for its 4x CQ.
+    constexpr unsigned max_cq_entries = 65536;
+    unsigned n = memlock_fallback_entries;
+    while (locked_bytes_with(estimated_ring_header, n) <= limit) {
+        if (n * 2 * cq_factor > max_cq_entries) {
+            return std::nullopt;
+        }
+        n *= 2;
+    }
+    io_uring probe{};
+    io_uring_params p{};
+    p.flags = IORING_SETUP_CQSIZE;
+    p.cq_entries = n * cq_factor;
+    const int rc = io_uring_queue_init_params(n, &probe, &p);
+    if (rc == 0) {
+        io_uring_queue_exit(&probe);
+        return false;
+    }
+    if (rc == -ENOMEM) {
+        return true;
+    }
+    return std::nullopt;
+}
 
 std::string ring::describe_flags() const {
     return flags_to_string(_ring.flags & ~(IORING_SETUP_CQSIZE | IORING_SETUP_SUBMIT_ALL));

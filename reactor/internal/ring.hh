@@ -11,6 +11,7 @@
 #include <atomic>
 #include <liburing.h>
 #include <memory>
+#include <optional>
 #include <string>
 
 namespace shardd::internal {
@@ -37,6 +38,14 @@ enum class ring_kind {
 
 const char* to_string(ring_kind kind);
 
+// SQ entries of the rings an executor falls back to when RLIMIT_MEMLOCK cannot
+// hold rings of the configured size. Since 6.14 the kernel charges a ring's
+// memory to that limit (see locked_bytes()), and no ring locks less than two
+// pages: one for the SQ/CQ region, one for the SQE array. 32 is the largest
+// ring, CQ included (4x), that still fits those two 4 KiB pages (measured on
+// 6.18: 8, 16 and 32 entries lock 8 KiB, 64 lock 12 KiB, 1024 lock 136 KiB).
+inline constexpr unsigned memlock_fallback_entries = 32;
+
 class ring {
 public:
     // Tries the flag sets for `kind` in order (see ring.cc) and keeps the
@@ -58,6 +67,26 @@ public:
     // "SINGLE_ISSUER|DEFER_TASKRUN", "COOP_TASKRUN|TASKRUN_FLAG", "IOPOLL", "none".
     std::string describe_flags() const;
     bool ring_fd_registered() const noexcept { return _ring_fd_registered; }
+    unsigned entries() const noexcept { return _ring.sq.ring_entries; }
+
+    // Bytes of RLIMIT_MEMLOCK this ring counts for when its creator lacks
+    // CAP_IPC_LOCK: its SQ/CQ region and its SQE array, each rounded up to
+    // whole pages. Charged since 6.14 ("io_uring: use region api for SQ/CQ":
+    // io_create_region() calls __io_account_mem()); 5.12 to 6.13 charged
+    // rings to the memory cgroup instead. Registering the ring fd (5.18)
+    // charges nothing.
+    std::size_t locked_bytes() const noexcept;
+    // The same for a ring of `entries` SQ entries, sized as create() sizes
+    // it, with this kernel's ring layout.
+    std::size_t locked_bytes_for(unsigned entries) const noexcept;
+    // The same before any ring exists, assuming 6.18's layout (see ring.cc).
+    static std::size_t estimate_locked_bytes(unsigned entries) noexcept;
+    // Whether this kernel charges ring memory to RLIMIT_MEMLOCK for this
+    // thread, whose limit is `limit` bytes: sets up a ring that locks more
+    // than that, which fails with ENOMEM exactly when it is charged (6.14+,
+    // no CAP_IPC_LOCK), and tears it down. nullopt when it cannot tell: the
+    // limit is beyond what one ring locks, or set-up failed otherwise.
+    static std::optional<bool> charges_rings(std::size_t limit);
 
     // An SQE, submitting first when the queue is full. `need` > 1 asks for
     // that many consecutive free slots (an operation and its linked timeout
