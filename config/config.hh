@@ -81,13 +81,45 @@ struct listener_config {
     // Largest sockperf message accepted (header included). sockperf's own
     // largest payload is 65507 bytes.
     std::uint64_t max_message = 64 * KiB;
+    // Proxy only: how long a pair may stay half-closed (one side has sent
+    // its FIN, the other still sends) before both are closed; 0 disables.
+    // HAProxy's timeout client-fin/server-fin. A minute lets a server finish
+    // a long response after the client's FIN, and bounds how long a peer
+    // that never sends its own FIN holds a connection.
+    duration half_close_timeout = 60s;
+};
+
+struct upstream_server {
+    socket_address address;
+    // Share of new connections, relative to the other servers' weights.
+    std::uint32_t weight = 1;
+    // Open connections to this server over all shards together; 0 is no
+    // limit. A client over it waits in the upstream's queue.
+    std::uint64_t max_connections = 0;
 };
 
 struct upstream_config {
     std::string name;
     balance_policy balance = balance_policy::round_robin;
-    std::vector<socket_address> servers;
+    std::vector<upstream_server> servers;
     duration connect_timeout = 2s;
+    // Other servers tried after a refused or timed-out connect. Two covers a
+    // server that just went down plus one more, without turning one dead
+    // pool into a long wait for every client: all tries take at most
+    // (retries + 1) x connect_timeout.
+    std::uint32_t retries = 2;
+    // Passive health, nginx's semantics and defaults: max_fails failed
+    // connects within fail_timeout mark a server down for fail_timeout
+    // (max_fails 0: never).
+    std::uint32_t max_fails = 1;
+    duration fail_timeout = 10s;
+    // Clients waiting for a server under its max_connections, per shard,
+    // and how long each may wait. The queue is bounded so that a pool at its
+    // limit costs a bounded number of descriptors; 1024 per shard is far
+    // above any max_connections worth queueing behind, and a client over it
+    // is closed at once, counted.
+    std::uint32_t max_queue = 1024;
+    duration queue_timeout = 5s;
 };
 
 struct config {

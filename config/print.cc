@@ -29,6 +29,24 @@ std::string address_list(const std::vector<socket_address>& addrs) {
     return out + "]";
 }
 
+// Plain address strings for servers with default options, so that a
+// config without options prints as it was written.
+std::string server_list(const std::vector<upstream_server>& servers) {
+    const upstream_server plain;
+    std::string out = "[";
+    for (std::size_t i = 0; i < servers.size(); ++i) {
+        const auto& s = servers[i];
+        out += i ? ", " : "";
+        if (s.weight == plain.weight && s.max_connections == plain.max_connections) {
+            out += quoted(s.address.to_string());
+        } else {
+            out += "{ address = " + quoted(s.address.to_string()) + ", weight = " + std::to_string(s.weight) +
+                   ", max_connections = " + std::to_string(s.max_connections) + " }";
+        }
+    }
+    return out + "]";
+}
+
 }  // namespace
 
 std::string to_toml(const config& cfg) {
@@ -68,13 +86,21 @@ std::string to_toml(const config& cfg) {
         if (l.mode == listener_mode::echo && l.protocol == echo_protocol::sockperf) {
             os << "max_message = " << quoted(format_size(l.max_message)) << "\n";
         }
+        if (l.mode == listener_mode::proxy) {
+            os << "half_close_timeout = " << quoted(format_duration(l.half_close_timeout)) << "\n";
+        }
     }
     for (const auto& up : cfg.upstreams) {
         os << "\n[[upstream]]\n"
            << "name = " << quoted(up.name) << "\n"
            << "balance = " << quoted(to_string(up.balance)) << "\n"
-           << "servers = " << address_list(up.servers) << "\n"
-           << "connect_timeout = " << quoted(format_duration(up.connect_timeout)) << "\n";
+           << "servers = " << server_list(up.servers) << "\n"
+           << "connect_timeout = " << quoted(format_duration(up.connect_timeout)) << "\n"
+           << "retries = " << up.retries << "\n"
+           << "max_fails = " << up.max_fails << "\n"
+           << "fail_timeout = " << quoted(format_duration(up.fail_timeout)) << "\n"
+           << "max_queue = " << up.max_queue << "\n"
+           << "queue_timeout = " << quoted(format_duration(up.queue_timeout)) << "\n";
     }
     return os.str();
 }

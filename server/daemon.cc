@@ -109,7 +109,10 @@ void log_settings(const config::config& cfg, const cpu_set& cpus, const std::str
             if (!servers.empty()) {
                 servers += ' ';
             }
-            servers += a.to_string();
+            servers += a.address.to_string();
+            if (a.weight != 1) {
+                servers += "(weight " + std::to_string(a.weight) + ")";
+            }
         }
         spdlog::info("upstream {}: {} over {}", up.name, config::to_string(up.balance), servers);
     }

@@ -65,12 +65,18 @@ name = "p1"
 listen = ["127.0.0.1:8080"]
 mode = "proxy"
 upstream = "web"
+half_close_timeout = "5s"
 
 [[upstream]]
 name = "web"
 balance = "least_conn"
-servers = ["127.0.0.1:18080", "[::1]:18081"]
+servers = ["127.0.0.1:18080", { address = "[::1]:18081", weight = 3, max_connections = 50 }]
 connect_timeout = "250ms"
+retries = 4
+max_fails = 3
+fail_timeout = "30s"
+max_queue = 64
+queue_timeout = "1s"
 )";
 
 }  // namespace
@@ -147,9 +153,36 @@ TEST_CASE("every key is read", "[config]") {
     REQUIRE(up != nullptr);
     CHECK(up->balance == balance_policy::least_conn);
     REQUIRE(up->servers.size() == 2);
-    CHECK(up->servers[1].to_string() == "[::1]:18081");
+    CHECK(up->servers[0].address.to_string() == "127.0.0.1:18080");
+    CHECK(up->servers[0].weight == 1);
+    CHECK(up->servers[0].max_connections == 0);
+    CHECK(up->servers[1].address.to_string() == "[::1]:18081");
+    CHECK(up->servers[1].weight == 3);
+    CHECK(up->servers[1].max_connections == 50);
     CHECK(up->connect_timeout == 250ms);
+    CHECK(up->retries == 4);
+    CHECK(up->max_fails == 3);
+    CHECK(up->fail_timeout == 30s);
+    CHECK(up->max_queue == 64);
+    CHECK(up->queue_timeout == 1s);
+    CHECK(p.half_close_timeout == 5s);
     CHECK(c.find_upstream("nope") == nullptr);
+}
+
+TEST_CASE("an upstream gets the documented defaults", "[config]") {
+    config_t c = load_ok(minimal + "[[upstream]]\nname = \"u\"\nservers = \"127.0.0.1:1\"\n");
+    const auto& up = c.upstreams[0];
+    CHECK(up.balance == balance_policy::round_robin);
+    REQUIRE(up.servers.size() == 1);
+    CHECK(up.servers[0].weight == 1);
+    CHECK(up.servers[0].max_connections == 0);
+    CHECK(up.connect_timeout == 2s);
+    CHECK(up.retries == 2);
+    CHECK(up.max_fails == 1);
+    CHECK(up.fail_timeout == 10s);
+    CHECK(up.max_queue == 1024);
+    CHECK(up.queue_timeout == 5s);
+    CHECK(c.listeners[0].half_close_timeout == 60s);
 }
 
 TEST_CASE("every balance policy and log level is accepted", "[config]") {
@@ -219,6 +252,14 @@ TEST_CASE("max_message outside a sockperf listener is a warning", "[config]") {
     REQUIRE(r.diagnostics.size() == 1);
     CHECK(r.diagnostics[0].to_string() ==
           "w.toml:6:15: warning: listener[0].max_message: has no effect: only sockperf listeners parse messages");
+}
+
+TEST_CASE("half_close_timeout outside a proxy listener is a warning", "[config]") {
+    auto r = load_string(minimal + "half_close_timeout = \"1s\"\n", "w.toml", {}, two_cpus);
+    REQUIRE(r.ok());
+    REQUIRE(r.diagnostics.size() == 1);
+    CHECK(r.diagnostics[0].to_string() == "w.toml:6:22: warning: listener[0].half_close_timeout: has no effect: only "
+                                          "proxy listeners relay a half-closed connection");
 }
 
 TEST_CASE("the bundled example config is valid", "[config]") {
