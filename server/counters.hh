@@ -50,7 +50,7 @@ struct alignas(64) shard_counters {
     // Peer-caused log lines left out by the rate limit (peer_log).
     shard_counter log_suppressed;
     // Bytes a peer did not take at once, copied out of the receive pool
-    // into their connection's own memory (see echo_connection.hh).
+    // into their connection's own memory (see transit.hh).
     shard_counter bytes_spilled;
 
     std::uint64_t active() const noexcept { return accepted.get() - closed.get(); }

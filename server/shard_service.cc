@@ -1,8 +1,8 @@
 #include "server/shard_service.hh"
 
 #include "server/connection_slot.hh"
-#include "server/echo_connection.hh"
 #include "server/peer_log.hh"
+#include "server/transit.hh"
 
 #include "reactor/buffer_ring.hh"
 #include "reactor/event.hh"
@@ -64,7 +64,7 @@ bool transient_accept_error(const std::error_code& ec) {
 
 // A connection as the shard sees it: for the idle sweep and the drain.
 struct connection_entry {
-    echo_connection* conn = nullptr;
+    transit* conn = nullptr;
     connection_entry* prev = nullptr;
     connection_entry* next = nullptr;
     std::uint64_t seen_activity = 0;
@@ -76,7 +76,7 @@ struct listener_state {
     const config::listener_config* cfg = nullptr;
     listener_shared* shared = nullptr;
     std::vector<owned_fd> fds;
-    echo_options echo;
+    transit_options echo;
     connection_entry* head = nullptr;
     std::size_t count = 0;
     // Set when the first connection arrives: the idle sweep sleeps on it
@@ -152,7 +152,7 @@ public:
         }
     }
     int fd() const noexcept { return _fd.get(); }
-    void link(echo_connection& c) {
+    void link(transit& c) {
         _entry.conn = &c;
         _l.link(&_entry);
         _linked = true;
@@ -177,11 +177,11 @@ task<void> serve(shard_state& sh, listener_state& l, owned_fd fd, connection_slo
     if (l.cfg->nodelay) {
         set_nodelay(guard.fd(), true);  // best effort: the echo still works without
     }
-    echo_connection conn(guard.fd(), *sh.buffers, l.echo, *sh.counters, *sh.log);
+    transit conn(guard.fd(), guard.fd(), *sh.buffers, l.echo, *sh.counters, *sh.log);
     guard.link(conn);
-    const echo_end end = co_await conn.run();
+    const transit_end end = co_await conn.run();
     guard.unlink();
-    if (end == echo_end::error || end == echo_end::protocol_error) {
+    if (end == transit_end::recv_error || end == transit_end::send_error || end == transit_end::protocol_error) {
         sh.counters->errors.add();
     }
     // run() left nothing in the kernel: the guard closes the socket (a FIN

@@ -406,7 +406,7 @@ TEST_CASE("echo abuse: a client that sends 64 MiB and never reads costs the daem
 
 TEST_CASE("echo abuse: a client that never reads makes the daemon hold at most max_pending + one buffer",
           "[echo][abuse]") {
-    // echo_connection.hh: "bytes received but not yet sent back (held buffers
+    // transit.hh: "bytes received but not yet sent back (held buffers
     // plus completions not yet looked at) never exceed max_pending by more
     // than one buffer". After the never-reading clients reset, the bytes the
     // daemon took in and never sent back (bytes in - bytes out, by its own

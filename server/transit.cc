@@ -1,4 +1,4 @@
-#include "server/echo_connection.hh"
+#include "server/transit.hh"
 
 #include "reactor/net.hh"
 
@@ -35,15 +35,15 @@ bool is_cancel(const std::error_code& ec) { return ec == std::errc::operation_ca
 
 }  // namespace
 
-echo_connection::echo_connection(int fd, buffer_ring& buffers, const echo_options& opts, shard_counters& counters,
-                                 peer_log& log)
-    : _fd(fd), _buffers(buffers), _opts(opts), _counters(counters), _log(log) {
+transit::transit(int in_fd, int out_fd, buffer_ring& buffers, const transit_options& opts, shard_counters& counters,
+                 peer_log& log)
+    : _in_fd(in_fd), _out_fd(out_fd), _buffers(buffers), _opts(opts), _counters(counters), _log(log) {
     if (opts.protocol == config::echo_protocol::sockperf) {
         _framing.emplace(opts.max_message);
     }
 }
 
-bool echo_connection::absorb(std::byte* data, std::uint32_t len, std::uint16_t bid) {
+bool transit::absorb(std::byte* data, std::uint32_t len, std::uint16_t bid) {
     _held.push_back(bid);
     _activity += len;
     _counters.bytes_in.add(len);
@@ -55,7 +55,7 @@ bool echo_connection::absorb(std::byte* data, std::uint32_t len, std::uint16_t b
     return _protocol_error.empty();
 }
 
-void echo_connection::end_round() noexcept {
+void transit::end_round() noexcept {
     for (std::uint16_t bid : _held) {
         _buffers.release(bid);
     }
@@ -64,7 +64,7 @@ void echo_connection::end_round() noexcept {
     _header_copies.clear();
 }
 
-void echo_connection::spill(std::size_t first) {
+void transit::spill(std::size_t first) {
     std::size_t need = _spill_len;
     for (std::size_t i = first; i < _out.size(); ++i) {
         need += _out[i].iov_len;
@@ -88,7 +88,7 @@ void echo_connection::spill(std::size_t first) {
     }
 }
 
-task<std::error_code> echo_connection::send_round(recv_stream& rx) {
+task<std::error_code> transit::send_round(recv_stream& rx) {
     if (_spill_len > 0) {
         // Behind what already waits for the peer.
         spill(0);
@@ -104,13 +104,13 @@ task<std::error_code> echo_connection::send_round(recv_stream& rx) {
         expected<std::uint32_t> sent = 0u;
         if (n == 1) {
             // IORING_OP_SEND: no msghdr for the kernel to copy in.
-            sent = co_await send_some(_fd, _out[first].iov_base, static_cast<std::uint32_t>(wanted), MSG_DONTWAIT)
+            sent = co_await send_some(_out_fd, _out[first].iov_base, static_cast<std::uint32_t>(wanted), MSG_DONTWAIT)
                        .with_abort(_abort);
         } else {
             msghdr msg{};
             msg.msg_iov = &_out[first];
             msg.msg_iovlen = n;
-            sent = co_await send_msg(_fd, &msg, MSG_DONTWAIT).with_abort(_abort);
+            sent = co_await send_msg(_out_fd, &msg, MSG_DONTWAIT).with_abort(_abort);
         }
         if (!sent && sent.error() != std::errc::resource_unavailable_try_again) {
             co_return sent.error();
@@ -118,6 +118,7 @@ task<std::error_code> echo_connection::send_round(recv_stream& rx) {
         const std::size_t done = sent ? *sent : 0;
         _counters.bytes_out.add(done);
         _activity += done;
+        _sent += done;
         // Drop what went out; a short send leaves the rest of an iovec.
         for (std::size_t left = done; left > 0;) {
             iovec& v = _out[first];
@@ -145,17 +146,18 @@ task<std::error_code> echo_connection::send_round(recv_stream& rx) {
     co_return std::error_code{};
 }
 
-task<std::error_code> echo_connection::send_spill() {
+task<std::error_code> transit::send_spill() {
     std::size_t off = 0;
     while (off < _spill_len) {
         const auto chunk = static_cast<std::uint32_t>(std::min<std::size_t>(_spill_len - off, UINT32_MAX));
-        auto n = co_await send_some(_fd, _spill.get() + off, chunk).with_abort(_abort);
+        auto n = co_await send_some(_out_fd, _spill.get() + off, chunk).with_abort(_abort);
         if (!n) {
             co_return n.error();
         }
         off += *n;
         _counters.bytes_out.add(*n);
         _activity += *n;
+        _sent += *n;
     }
     // All out: an idle connection keeps no memory of its own.
     _spill.reset();
@@ -164,36 +166,44 @@ task<std::error_code> echo_connection::send_spill() {
     co_return std::error_code{};
 }
 
-void echo_connection::log_protocol_error() {
+transit_end transit::failed(std::error_code ec, transit_end what) noexcept {
+    if (is_cancel(ec)) {
+        return transit_end::aborted;
+    }
+    _error = ec;
+    return what;
+}
+
+void transit::log_protocol_error() {
     _counters.protocol_errors.add();
     if (!_log.allow()) {
         return;
     }
     const std::uint64_t suppressed = _log.take_suppressed();
     if (suppressed > 0) {
-        spdlog::warn("closing connection from {}: {} ({} similar line{} suppressed)", peer_name(_fd), _protocol_error,
-                     suppressed, suppressed == 1 ? "" : "s");
+        spdlog::warn("closing connection from {}: {} ({} similar line{} suppressed)", peer_name(_in_fd),
+                     _protocol_error, suppressed, suppressed == 1 ? "" : "s");
     } else {
-        spdlog::warn("closing connection from {}: {}", peer_name(_fd), _protocol_error);
+        spdlog::warn("closing connection from {}: {}", peer_name(_in_fd), _protocol_error);
     }
 }
 
-task<echo_end> echo_connection::run() {
-    recv_stream rx(_fd, _buffers, &_abort);
+task<transit_end> transit::run() {
+    recv_stream rx(_in_fd, _buffers, &_abort);
     struct release_on_exit {
-        echo_connection& c;
+        transit& c;
         ~release_on_exit() { c.end_round(); }
     } guard{*this};
 
     bool eof = false;
-    std::optional<echo_end> end;
+    std::optional<transit_end> end;
     while (!end) {
         if (_spill_len > 0 && !rx.has_ready()) {
             // The receive is paused and nothing of the pool is held: wait on
             // the peer for as long as it takes (or until abort()).
             const std::error_code ec = co_await send_spill();
             if (ec) {
-                end = is_cancel(ec) ? echo_end::aborted : echo_end::error;
+                end = failed(ec, transit_end::send_error);
             }
             continue;
         }
@@ -211,7 +221,7 @@ task<echo_end> echo_connection::run() {
                     _counters.enobufs.add();
                     starved = true;
                 } else {
-                    end = is_cancel(r.error()) ? echo_end::aborted : echo_end::error;
+                    end = failed(r.error(), transit_end::recv_error);
                 }
                 break;
             }
@@ -221,15 +231,15 @@ task<echo_end> echo_connection::run() {
             }
             if (!absorb(r->data.data(), static_cast<std::uint32_t>(r->data.size()), r->buffer_id)) {
                 // What earlier messages are owed still goes out below.
-                end = echo_end::protocol_error;
+                end = transit_end::protocol_error;
                 break;
             }
         } while (rx.has_ready() && _held.size() < max_batch_buffers);
 
-        if (!_out.empty() && (!end || *end == echo_end::protocol_error)) {
+        if (!_out.empty() && (!end || *end == transit_end::protocol_error)) {
             const std::error_code ec = co_await send_round(rx);
             if (ec && !end) {
-                end = is_cancel(ec) ? echo_end::aborted : echo_end::error;
+                end = failed(ec, transit_end::send_error);
             }
         }
         end_round();
@@ -241,11 +251,11 @@ task<echo_end> echo_connection::run() {
             // of a temporary awaitable in an if condition; it traps.)
             auto buffers = rx.wait_for_buffers(&_abort);
             if (!co_await buffers) {
-                end = echo_end::aborted;
+                end = transit_end::aborted;
             }
         }
     }
-    if (end == echo_end::protocol_error) {
+    if (end == transit_end::protocol_error) {
         if (_spill_len > 0) {
             // The replies owed before the bad message, then close.
             co_await send_spill();
@@ -255,7 +265,7 @@ task<echo_end> echo_connection::run() {
     _counters.backpressure_pauses.add(rx.pauses());
     // Nothing of ours may stay in the kernel: the caller closes the socket.
     co_await rx.stop();
-    co_return end.value_or(echo_end::closed);
+    co_return end.value_or(transit_end::closed);
 }
 
 }  // namespace shardd::server

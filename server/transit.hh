@@ -1,0 +1,136 @@
+#pragma once
+// A transit: bytes in from one socket, the same bytes out to another (or to
+// the same one: an echo), from the same buffers while the receiver keeps
+// up, from the transit's own memory when it does not. An echo connection is
+// one transit (fd to itself); a proxied pair is two (client to upstream,
+// upstream to client).
+//
+// The shard's receive buffers are a pool that every connection shares, so
+// no transit may keep them while it waits on its receiver. A round:
+//
+//   1. next(): a multishot receive fills pool buffers; the round takes every
+//      completion already there (up to max_batch_buffers).
+//   2. raw: every buffer goes out as it is; sockperf (echo only): the
+//      replies' byte ranges (sockperf_framing; a header cut by a segment
+//      boundary is copied, never kept in its buffer).
+//   3. One sendmsg with MSG_DONTWAIT of all of it: it completes in the same
+//      io_uring_enter, with what fitted in the socket's send buffer.
+//   4. All sent: the buffers go back to the pool. Short (the receiver reads
+//      slower than the sender writes): the rest is copied into `_spill`, the
+//      buffers go back, and the receive is paused (and waited for: the
+//      kernel lets go of it) before the transit waits on its receiver with
+//      a blocking send of the spill. What arrived before the pause joins the
+//      spill. Once it is all out, receiving resumes.
+//
+// So pool buffers are held from a receive's completion to the end of the
+// same round, never across a wait on the receiver: a receiver that does not
+// read (or a sender that trickles a byte per segment, or sends half a
+// header) holds no pool buffer, and the receive is never armed while its
+// transit cannot send. Its own memory, `_spill`, holds at most max_pending
+// bytes (plus one round on kernels without the multishot byte limit): each
+// receive is armed only with nothing spilled, with max_pending as its byte
+// limit. So when the receiver stops reading, the transit stops receiving, and
+// the sender's TCP window closes.
+
+#include "config/config.hh"
+#include "server/counters.hh"
+#include "server/peer_log.hh"
+#include "server/sockperf_framing.hh"
+
+#include "reactor/abort_source.hh"
+#include "reactor/buffer_ring.hh"
+#include "reactor/recv_stream.hh"
+#include "reactor/task.hh"
+
+#include <memory>
+#include <optional>
+#include <string>
+#include <sys/uio.h>
+#include <vector>
+
+namespace shardd::server {
+
+struct transit_options {
+    config::echo_protocol protocol = config::echo_protocol::raw;
+    std::size_t max_pending = 256 * 1024;
+    std::uint64_t max_message = 64 * 1024;
+};
+
+// How a transit ended, for counters, logs and the proxy's next step.
+enum class transit_end {
+    closed,          // the sender shut down its side, and all of it went out
+    recv_error,      // receiving failed: the sender reset, or another error
+    send_error,      // sending failed: the receiver reset (broken pipe), or another error
+    protocol_error,  // not sockperf framing: sent what was owed, logged why
+    aborted,         // abort(): the idle sweep, the drain or the proxy ended it
+};
+
+class transit {
+public:
+    // Receives from `in_fd` and sends to `out_fd` (the same fd: an echo).
+    transit(int in_fd, int out_fd, buffer_ring& buffers, const transit_options& opts, shard_counters& counters,
+            peer_log& log);
+    transit(const transit&) = delete;
+    transit& operator=(const transit&) = delete;
+
+    // Runs until the sender closes (all sent), a socket fails, or abort().
+    // Returns with nothing of the transit left in the kernel (its receive
+    // stopped, its sends done) and no pool buffer held, so the caller may
+    // close the sockets at once. Closes nothing, shuts nothing down.
+    task<transit_end> run();
+
+    // Ends whatever the transit waits for (a receive, a send to a receiver
+    // that does not read, free buffers); run() then returns `aborted`.
+    void abort() noexcept { _abort.request_abort(); }
+
+    // Grows with every byte in or out: the idle sweep compares snapshots.
+    std::uint64_t activity() const noexcept { return _activity; }
+    // Bytes sent to out_fd so far.
+    std::uint64_t bytes_sent() const noexcept { return _sent; }
+    // Bytes in the transit's own memory, waiting for the receiver.
+    std::size_t spilled() const noexcept { return _spill_len; }
+    // Why run() ended in recv_error or send_error.
+    std::error_code error() const noexcept { return _error; }
+
+private:
+    // Takes one received buffer: keeps it for this round and queues what to
+    // send back. Returns false on a protocol error.
+    bool absorb(std::byte* data, std::uint32_t len, std::uint16_t bid);
+    // Sends what this round queued, or spills it (see above).
+    task<std::error_code> send_round(recv_stream& rx);
+    // Copies _out[first..] (after `skip` bytes of it) into the spill.
+    void spill(std::size_t first);
+    // Sends the spill, waiting for the peer as long as it takes.
+    task<std::error_code> send_spill();
+    // The end of a round: pool buffers back, nothing queued.
+    void end_round() noexcept;
+    void log_protocol_error();
+    // The end for a failed operation: `aborted` for a cancellation, else
+    // `what`, keeping `ec` for error().
+    transit_end failed(std::error_code ec, transit_end what) noexcept;
+
+    int _in_fd;
+    int _out_fd;
+    buffer_ring& _buffers;
+    transit_options _opts;
+    shard_counters& _counters;
+    peer_log& _log;
+    abort_source _abort;
+    std::optional<sockperf_framing> _framing;
+    // This round's buffers and what to send of them.
+    std::vector<std::uint16_t> _held;
+    std::vector<iovec> _out;
+    header_copies _header_copies;
+    // The connection's own memory: bytes the peer has not taken yet.
+    // Allocated when first needed, freed once sent (an idle connection holds
+    // none).
+    std::unique_ptr<std::byte[]> _spill;
+    std::size_t _spill_len = 0;
+    std::size_t _spill_cap = 0;
+    std::uint64_t _activity = 0;
+    std::uint64_t _sent = 0;
+    std::error_code _error;
+    std::string _protocol_error;
+};
+
+}  // namespace shardd::server
