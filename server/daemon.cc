@@ -241,6 +241,10 @@ int run_daemon(config::config cfg, const cpu_set& cpus, const daemon_options& op
         return exit_failure;
     }
 
+    std::vector<std::unique_ptr<proxy::upstream_shared>> upstreams;
+    for (const auto& up : cfg.upstreams) {
+        upstreams.push_back(std::make_unique<proxy::upstream_shared>(up));
+    }
     std::vector<shard_counters> counters(shards);
     std::vector<std::string> errors(shards);
     std::latch shards_up(static_cast<std::ptrdiff_t>(shards));
@@ -250,6 +254,7 @@ int run_daemon(config::config cfg, const cpu_set& cpus, const daemon_options& op
         plan.cfg = &cfg;
         plan.listeners = &*listeners;
         plan.counters = &counters[id];
+        plan.upstreams = &upstreams;
         plan.drain_fd = signals.drain[id];
         plan.done_fd = signals.done;
         plan.up = &shards_up;

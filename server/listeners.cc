@@ -10,10 +10,6 @@ expected<std::vector<bound_listener>, std::string> bind_listeners(const config::
     std::vector<bound_listener> out;
     auto fail = [](std::string why) { return unexpected{std::move(why)}; };
     for (const auto& l : cfg.listeners) {
-        if (l.mode != config::listener_mode::echo) {
-            spdlog::warn("listener {}: proxy mode is not implemented in this release; not listening", l.name);
-            continue;
-        }
         bound_listener& b = out.emplace_back();
         b.cfg = &l;
         b.fds.resize(shards);
@@ -37,8 +33,11 @@ expected<std::vector<bound_listener>, std::string> bind_listeners(const config::
                 }
             }
             b.addresses.push_back(addr);
-            spdlog::info("listening on {} (listener {}, {}/{}, {} shard{})", addr.to_string(), l.name,
-                         config::to_string(l.mode), config::to_string(l.protocol), shards, shards == 1 ? "" : "s");
+            const std::string what = l.mode == config::listener_mode::proxy
+                                         ? "proxy to " + l.upstream
+                                         : "echo/" + std::string(config::to_string(l.protocol));
+            spdlog::info("listening on {} (listener {}, {}, {} shard{})", addr.to_string(), l.name, what, shards,
+                         shards == 1 ? "" : "s");
         }
     }
     return out;

@@ -35,9 +35,8 @@ struct bound_listener {
     std::unique_ptr<listener_shared> shared = std::make_unique<listener_shared>();
 };
 
-// Binds every echo listener on `shards` sockets per address. On failure
-// says which listener and address failed (what it opened is closed with
-// it). Proxy listeners are skipped with a warning until the proxy lands.
+// Binds every listener on `shards` sockets per address. On failure says
+// which listener and address failed (what it opened is closed with it).
 expected<std::vector<bound_listener>, std::string> bind_listeners(const config::config& cfg, std::size_t shards);
 
 }  // namespace shardd::server

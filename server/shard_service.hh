@@ -9,6 +9,7 @@
 #include "config/config.hh"
 #include "server/counters.hh"
 #include "server/listeners.hh"
+#include "server/proxy/upstream.hh"
 
 #include "reactor/task.hh"
 
@@ -23,6 +24,8 @@ struct shard_plan {
     const config::config* cfg = nullptr;
     std::vector<bound_listener>* listeners = nullptr;  // this shard takes fds[id]
     shard_counters* counters = nullptr;
+    // Every [[upstream]]'s shared state (server health and load).
+    std::vector<std::unique_ptr<proxy::upstream_shared>>* upstreams = nullptr;
     // The main thread writes 1 here to start the drain (SIGTERM/SIGINT).
     int drain_fd = -1;
     // This shard writes 1 here when it has drained and is done.

@@ -35,6 +35,7 @@
 #include "config/config.hh"
 #include "server/counters.hh"
 #include "server/peer_log.hh"
+#include "server/served_connection.hh"
 #include "server/sockperf_framing.hh"
 
 #include "reactor/abort_source.hh"
@@ -65,7 +66,7 @@ enum class transit_end {
     aborted,         // abort(): the idle sweep, the drain or the proxy ended it
 };
 
-class transit {
+class transit final : public served_connection {
 public:
     // Receives from `in_fd` and sends to `out_fd` (the same fd: an echo).
     transit(int in_fd, int out_fd, buffer_ring& buffers, const transit_options& opts, shard_counters& counters,
@@ -81,10 +82,10 @@ public:
 
     // Ends whatever the transit waits for (a receive, a send to a receiver
     // that does not read, free buffers); run() then returns `aborted`.
-    void abort() noexcept { _abort.request_abort(); }
+    void abort() noexcept override { _abort.request_abort(); }
 
     // Grows with every byte in or out: the idle sweep compares snapshots.
-    std::uint64_t activity() const noexcept { return _activity; }
+    std::uint64_t activity() const noexcept override { return _activity; }
     // Bytes sent to out_fd so far.
     std::uint64_t bytes_sent() const noexcept { return _sent; }
     // Bytes in the transit's own memory, waiting for the receiver.

@@ -1,0 +1,200 @@
+#include "server/proxy/proxy_pair.hh"
+
+#include "reactor/io.hh"
+#include "reactor/net.hh"
+
+#include <spdlog/spdlog.h>
+#include <sys/socket.h>
+
+namespace shardd::server::proxy {
+
+namespace {
+
+enum direction { up = 0, down = 1 };
+
+std::optional<socket_address> peer_address(int fd) {
+    sockaddr_storage ss{};
+    socklen_t len = sizeof(ss);
+    if (getpeername(fd, reinterpret_cast<sockaddr*>(&ss), &len) != 0) {
+        return std::nullopt;
+    }
+    return socket_address(reinterpret_cast<sockaddr*>(&ss), len);
+}
+
+// Close with an RST rather than a FIN: how a reset travels on.
+void set_linger_zero(int fd) {
+    const linger lg{1, 0};
+    (void)setsockopt(fd, SOL_SOCKET, SO_LINGER, &lg, sizeof(lg));
+}
+
+}  // namespace
+
+proxy_pair::proxy_pair(shard_state& sh, listener_state& l, int client_fd)
+    : _sh(sh), _l(l), _up(*l.upstream), _client_fd(client_fd) {}
+
+void proxy_pair::abort() noexcept {
+    _abort.request_abort();
+    for (transit* t : _dir) {
+        if (t) {
+            t->abort();
+        }
+    }
+}
+
+std::uint64_t proxy_pair::activity() const noexcept {
+    std::uint64_t a = _activity;
+    for (const transit* t : _dir) {
+        a += t ? t->activity() : 0;
+    }
+    return a;
+}
+
+task<std::optional<std::size_t>> proxy_pair::connect_upstream() {
+    const auto& cfg = _up.cfg();
+    const std::optional<socket_address> client = peer_address(_client_fd);
+    std::vector<bool> tried(_up.size(), false);
+    for (std::uint32_t attempt = 0; attempt <= cfg.retries; ++attempt) {
+        if (_abort.abort_requested()) {
+            break;
+        }
+        std::optional<std::size_t> pick = _up.pick(client.value_or(socket_address()), tried);
+        if (!pick && attempt > 0) {
+            // Every server tried once: a retry may go to one again (a pool of
+            // one server retries that server).
+            std::fill(tried.begin(), tried.end(), false);
+            pick = _up.pick(client.value_or(socket_address()), tried);
+        }
+        if (!pick) {
+            break;  // every server is down
+        }
+        const std::size_t i = *pick;
+        tried[i] = true;
+        if (attempt > 0) {
+            _up.totals().retries.add();
+        }
+        const socket_address& addr = _up.address(i);
+        auto fd = tcp_socket(addr.family());
+        if (!fd) {
+            _up.failed(i, fd.error());
+            continue;
+        }
+        if (_l.cfg->nodelay) {
+            set_nodelay(fd->get(), true);
+        }
+        const int raw = fd->get();
+        auto connect_op =
+            io_op(&executor::current()->main_ring(),
+                  [raw, &addr](io_uring_sqe* sqe) { io_uring_prep_connect(sqe, raw, addr.get(), addr.length()); })
+                .with_timeout(cfg.connect_timeout)
+                .with_abort(_abort);
+        auto r = co_await connect_op;
+        if (r) {
+            _up.connected(i);
+            _server_fd = std::move(*fd);
+            co_return i;
+        }
+        if (r.error() == std::errc::operation_canceled && _abort.abort_requested()) {
+            break;
+        }
+        _up.failed(i, r.error());
+    }
+    co_return std::nullopt;
+}
+
+task<void> proxy_pair::half_close_timer() {
+    sleep_op s = sleep_for(_l.cfg->half_close_timeout, _timer_stop);
+    if (co_await s) {
+        _up.totals().half_close_timeouts.add();
+        abort();
+    }
+}
+
+task<void> proxy_pair::pump(transit& t, int out_fd, int which) {
+    const transit_end end = co_await t.run();
+    _ended[which] = true;
+    transit* other = _dir[1 - which];
+    switch (end) {
+    case transit_end::closed:
+        // Everything the sender sent went out: pass its FIN on.
+        (void)shutdown_socket(out_fd, SHUT_WR);
+        if (!_ended[1 - which] && _l.cfg->half_close_timeout.count() > 0 && !_timer) {
+            _timer.emplace(executor::current()->spawn(half_close_timer()));
+        }
+        break;
+    case transit_end::recv_error:
+    case transit_end::send_error:
+    case transit_end::protocol_error:
+        if (!_reset) {
+            _reset = true;
+            _up.totals().resets.add();
+        }
+        other->abort();
+        break;
+    case transit_end::aborted: break;
+    }
+    if (_ended[0] && _ended[1]) {
+        _timer_stop.request_abort();
+    }
+}
+
+task<void> proxy_pair::run() {
+    const std::optional<std::size_t> server = co_await connect_upstream();
+    if (!server) {
+        if (!_abort.abort_requested()) {
+            _up.totals().no_server.add();
+        }
+        co_return;
+    }
+    _up.open(*server);
+    struct close_on_exit {
+        upstream_local& up;
+        std::size_t i;
+        ~close_on_exit() { up.close(i); }
+    } opened{_up, *server};
+
+    const int server_fd = _server_fd.get();
+    transit_options opts;
+    opts.max_pending = _l.cfg->max_pending;
+    transit to_server(_client_fd, server_fd, *_sh.buffers, opts, *_sh.counters, *_sh.log);
+    transit to_client(server_fd, _client_fd, *_sh.buffers, opts, *_sh.counters, *_sh.log);
+    _dir[up] = &to_server;
+    _dir[down] = &to_client;
+    if (_abort.abort_requested()) {
+        // Aborted between the connect and now: end at once.
+        to_server.abort();
+        to_client.abort();
+    }
+    executor* ex = executor::current();
+    auto a = ex->spawn(pump(to_server, server_fd, up));
+    auto b = ex->spawn(pump(to_client, _client_fd, down));
+    co_await a;
+    co_await b;
+    _timer_stop.request_abort();
+    if (_timer) {
+        co_await *_timer;
+    }
+    _activity += to_server.activity() + to_client.activity();
+    _up.counters(*server).bytes_to.add(to_server.bytes_sent());
+    _up.counters(*server).bytes_from.add(to_client.bytes_sent());
+    _dir[up] = _dir[down] = nullptr;
+    if (_reset) {
+        set_linger_zero(_client_fd);
+        set_linger_zero(server_fd);
+    }
+    // Both transits left nothing in the kernel: the server socket closes
+    // here, the client's with the caller's guard.
+    _server_fd.reset();
+}
+
+task<void> serve(shard_state& sh, listener_state& l, owned_fd fd, connection_slot slot) {
+    connection_guard guard(sh, l, std::move(fd), std::move(slot));
+    if (l.cfg->nodelay) {
+        set_nodelay(guard.fd(), true);
+    }
+    proxy_pair pair(sh, l, guard.fd());
+    guard.link(pair);
+    co_await pair.run();
+    guard.unlink();
+}
+
+}  // namespace shardd::server::proxy

@@ -1,0 +1,115 @@
+#pragma once
+// An [[upstream]] as the proxy sees it: which server a new client goes to,
+// and what the shards know of each server's health and load.
+//
+// Where the state lives:
+// - upstream_shared, one per [[upstream]], shared by every shard: per
+//   server one cache line (alignas(64)) with its open connections over all
+//   shards (least_conn, random_two) and its health (failures in the window,
+//   down-until). Written once per connect and close, and on failures; read
+//   once per pick. Never touched per byte. A server marked down by one
+//   shard is down for every shard at once, with no message to send: the
+//   next pick anywhere reads it.
+// - upstream_local, one per shard and upstream: the round-robin position
+//   and the random generator. round_robin is a smooth weighted round robin
+//   (nginx's) per shard: each shard's picks follow the weights exactly, so
+//   all shards together do too, to within one round per shard. The shards
+//   start their rounds at different servers, so that N shards' first
+//   clients do not all land on server 0.
+// - source_hash needs no state: a weighted rendezvous hash of the client's
+//   address (not its port) picks the same server on every shard, and when a
+//   server goes down only its own clients move.
+
+#include "config/config.hh"
+#include "server/counters.hh"
+
+#include "reactor/socket_address.hh"
+
+#include <atomic>
+#include <chrono>
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <random>
+#include <string>
+#include <vector>
+
+namespace shardd::server::proxy {
+
+// One server's shared state. Its own cache line: shards that connect to
+// different servers never contend.
+struct alignas(64) server_shared {
+    std::atomic<std::uint64_t> active{0};
+    // Passive health: failed connects since window_start (steady_clock ns).
+    std::atomic<std::uint32_t> fails{0};
+    std::atomic<std::int64_t> window_start{0};
+    // Down until this time (steady_clock ns); 0: up.
+    std::atomic<std::int64_t> down_until{0};
+};
+
+// Per shard and server, single writer (see shard_counter).
+struct alignas(64) server_counters {
+    shard_counter connections;       // connected
+    shard_counter connect_refused;   // ECONNREFUSED
+    shard_counter connect_timeouts;  // connect_timeout passed
+    shard_counter connect_errors;    // any other connect failure
+    shard_counter bytes_to;          // client -> server
+    shard_counter bytes_from;        // server -> client
+};
+
+struct upstream_shared {
+    explicit upstream_shared(const config::upstream_config& c);
+    const config::upstream_config* cfg;
+    std::unique_ptr<server_shared[]> servers;
+};
+
+// Per shard and upstream, single writer.
+struct alignas(64) upstream_counters {
+    shard_counter retries;    // a connect tried again on another server
+    shard_counter no_server;  // every server down or failed: client closed
+    shard_counter resets;     // an RST from one side, relayed to the other
+    shard_counter half_close_timeouts;
+};
+
+class upstream_local {
+public:
+    upstream_local(upstream_shared& shared, unsigned shard_id);
+
+    const config::upstream_config& cfg() const noexcept { return *_shared.cfg; }
+    std::size_t size() const noexcept { return _shared.cfg->servers.size(); }
+    const socket_address& address(std::size_t i) const noexcept { return _shared.cfg->servers[i].address; }
+
+    // The server for a new connection from `client`, among those that are
+    // up and not in `tried` (a bit per server; servers past 64 are never
+    // excluded). None: every such server is down.
+    std::optional<std::size_t> pick(const socket_address& client, const std::vector<bool>& tried);
+
+    // A connect to server `i` succeeded / failed (health, counters, logs).
+    void connected(std::size_t i);
+    void failed(std::size_t i, const std::error_code& ec);
+    // A connection to server `i` opened / closed (its active count).
+    void open(std::size_t i) noexcept;
+    void close(std::size_t i) noexcept;
+
+    bool down(std::size_t i, std::int64_t now_ns) const noexcept;
+    server_counters& counters(std::size_t i) noexcept { return _counters[i]; }
+    upstream_counters& totals() noexcept { return _totals; }
+
+private:
+    std::optional<std::size_t> pick_round_robin(const std::vector<std::size_t>& eligible);
+    std::optional<std::size_t> pick_least_conn(const std::vector<std::size_t>& eligible);
+    std::optional<std::size_t> pick_random_two(const std::vector<std::size_t>& eligible);
+    std::optional<std::size_t> pick_source_hash(const socket_address& client, const std::vector<std::size_t>& eligible);
+
+    upstream_shared& _shared;
+    // Smooth weighted round robin: each server's current weight.
+    std::vector<std::int64_t> _current;
+    std::minstd_rand _rng;
+    std::unique_ptr<server_counters[]> _counters;
+    upstream_counters _totals;
+    std::vector<std::size_t> _eligible;  // scratch, kept to avoid allocating per pick
+};
+
+std::int64_t steady_now_ns() noexcept;
+
+}  // namespace shardd::server::proxy

@@ -1,0 +1,140 @@
+#pragma once
+// A shard's own state, as its services share it: the listeners it serves,
+// the connections each has (for the idle sweep and the drain), and the
+// guard that gives a connection's resources back on every way out.
+// Touched only by the shard's thread.
+
+#include "config/config.hh"
+#include "server/connection_slot.hh"
+#include "server/counters.hh"
+#include "server/listeners.hh"
+#include "server/peer_log.hh"
+#include "server/proxy/upstream.hh"
+#include "server/served_connection.hh"
+#include "server/transit.hh"
+
+#include "reactor/abort_source.hh"
+#include "reactor/buffer_ring.hh"
+#include "reactor/event.hh"
+#include "reactor/owned_fd.hh"
+
+#include <memory>
+#include <vector>
+
+namespace shardd::server {
+
+// A connection as the shard sees it: for the idle sweep and the drain.
+struct connection_entry {
+    served_connection* conn = nullptr;
+    connection_entry* prev = nullptr;
+    connection_entry* next = nullptr;
+    std::uint64_t seen_activity = 0;
+    unsigned idle_sweeps = 0;
+};
+
+// One listener on this shard.
+struct listener_state {
+    const config::listener_config* cfg = nullptr;
+    listener_shared* shared = nullptr;
+    std::vector<owned_fd> fds;
+    transit_options echo;
+    // Proxy listeners: this shard's side of their upstream.
+    proxy::upstream_local* upstream = nullptr;
+    connection_entry* head = nullptr;
+    std::size_t count = 0;
+    // Set when the first connection arrives: the idle sweep sleeps on it
+    // while the listener has none, so an idle shard runs no timer.
+    event busy;
+    bool at_limit = false;
+
+    void link(connection_entry* e) {
+        e->next = head;
+        if (head) {
+            head->prev = e;
+        }
+        head = e;
+        if (count++ == 0) {
+            busy.set();
+        }
+    }
+    void unlink(connection_entry* e) {
+        (e->prev ? e->prev->next : head) = e->next;
+        if (e->next) {
+            e->next->prev = e->prev;
+        }
+        e->prev = e->next = nullptr;
+        --count;
+    }
+};
+
+struct shard_state {
+    unsigned id = 0;
+    const config::config* cfg = nullptr;
+    shard_counters* counters = nullptr;
+    std::unique_ptr<buffer_ring> buffers;
+    std::vector<std::unique_ptr<listener_state>> listeners;
+    // This shard's side of each proxy listener's upstream.
+    std::vector<std::unique_ptr<proxy::upstream_local>> upstreams;
+    std::unique_ptr<peer_log> log;
+    std::size_t connections = 0;
+    bool draining = false;
+    event drained;  // draining and the last connection closed
+    // The drain fires these: the accept loops and their back-offs; then,
+    // once the connections are gone, the idle sweeps and the drain's timers.
+    abort_source stop_accepting;
+    abort_source stop_housekeeping;
+
+    void abort_all() {
+        for (auto& l : listeners) {
+            for (auto* e = l->head; e; e = e->next) {
+                e->conn->abort();
+            }
+        }
+    }
+};
+
+// Everything a connection holds of its shard, given back on every way out
+// of serve(), an exception included: its max_connections slot, its place in
+// the listener's list (left before the socket closes: the fd number may be
+// reused at once), the shard's count that the drain waits on, and the
+// socket itself (closed last, after the guard's members above).
+class connection_guard {
+public:
+    // The accept loop counted the connection in sh.connections already.
+    connection_guard(shard_state& sh, listener_state& l, owned_fd fd, connection_slot slot)
+        : _sh(sh), _l(l), _fd(std::move(fd)), _slot(std::move(slot)) {}
+    connection_guard(const connection_guard&) = delete;
+    connection_guard& operator=(const connection_guard&) = delete;
+    ~connection_guard() {
+        if (_linked) {
+            _l.unlink(&_entry);
+        }
+        _fd.reset();
+        _slot.reset();
+        _sh.counters->closed.add();
+        if (--_sh.connections == 0 && _sh.draining) {
+            _sh.drained.set();
+        }
+    }
+    int fd() const noexcept { return _fd.get(); }
+    void link(served_connection& c) {
+        _entry.conn = &c;
+        _l.link(&_entry);
+        _linked = true;
+    }
+    void unlink() {
+        if (std::exchange(_linked, false)) {
+            _l.unlink(&_entry);
+        }
+    }
+
+private:
+    shard_state& _sh;
+    listener_state& _l;
+    owned_fd _fd;
+    connection_slot _slot;
+    connection_entry _entry;
+    bool _linked = false;
+};
+
+}  // namespace shardd::server

@@ -1,0 +1,298 @@
+// The proxy through the real shardd binary, over loopback: byte-exact relay
+// both ways at once, many short connections, half-close both ways, resets
+// both ways, refused and unanswered servers with retries, passive health.
+// Upstreams are real processes (shardd's own echo listener) or sockets this
+// test owns; every wait is on a socket, with a deadline.
+
+#include "tests/support/echo_daemon.hh"
+#include "tests/support/echo_peers.hh"
+#include "tests/support/loopback.hh"
+
+#include <catch2/catch.hpp>
+#include <cerrno>
+#include <netinet/in.h>
+#include <poll.h>
+#include <random>
+#include <sys/socket.h>
+#include <thread>
+
+using namespace shardd::test;
+
+namespace {
+
+using namespace std::chrono_literals;
+
+// A loaded CI machine can be slow; nothing here waits this long when healthy.
+constexpr auto generous = std::chrono::seconds(30);
+
+std::string cpus_key() { return "cpus = \"" + std::to_string(first_allowed_cpu()) + "\"\n"; }
+
+// shardd with one raw echo listener: the upstream most tests relay to.
+std::unique_ptr<echo_daemon> start_echo() {
+    return std::make_unique<echo_daemon>(
+        echo_config("[[listener]]\nname = \"e\"\nlisten = [\"127.0.0.1:0\"]\nmode = \"echo\"\n", cpus_key()));
+}
+
+std::string quoted_list(const std::vector<std::string>& servers) {
+    std::string out = "[";
+    for (std::size_t i = 0; i < servers.size(); ++i) {
+        out += (i ? ", \"" : "\"") + servers[i] + "\"";
+    }
+    return out + "]";
+}
+
+// shardd with one proxy listener to `servers` (TOML array text).
+std::unique_ptr<echo_daemon> start_proxy(const std::string& servers, const std::string& upstream_extra = "",
+                                         const std::string& listener_extra = "", const std::string& runtime = "") {
+    return std::make_unique<echo_daemon>(
+        echo_config("[[listener]]\nname = \"p\"\nlisten = [\"127.0.0.1:0\"]\nmode = \"proxy\"\nupstream = \"u\"\n" +
+                        listener_extra + "\n[[upstream]]\nname = \"u\"\nservers = " + servers + "\n" + upstream_extra,
+                    runtime.empty() ? cpus_key() : runtime));
+}
+
+std::string addr(std::uint16_t port) { return "127.0.0.1:" + std::to_string(port); }
+
+// Accepts one connection on `l` within the deadline; -1 if none came.
+int accept_one(const loopback_socket& l, std::chrono::milliseconds timeout = generous) {
+    pollfd p{l.fd(), POLLIN, 0};
+    if (poll(&p, 1, static_cast<int>(timeout.count())) != 1) {
+        return -1;
+    }
+    return accept4(l.fd(), nullptr, nullptr, SOCK_CLOEXEC);
+}
+
+// Reads until EOF or an error; the error (0 for a clean EOF, -1 on timeout).
+int read_to_end(int fd, std::string& out, std::chrono::milliseconds timeout = generous) {
+    const auto deadline = std::chrono::steady_clock::now() + timeout;
+    char buf[65536];
+    while (true) {
+        const auto left =
+            std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now());
+        pollfd p{fd, POLLIN, 0};
+        if (left.count() <= 0 || poll(&p, 1, static_cast<int>(left.count())) != 1) {
+            return -1;
+        }
+        const ssize_t n = recv(fd, buf, sizeof(buf), 0);
+        if (n == 0) {
+            return 0;
+        }
+        if (n < 0) {
+            return errno;
+        }
+        out.append(buf, static_cast<std::size_t>(n));
+    }
+}
+
+void close_with_reset(int fd) {
+    const linger lg{1, 0};
+    REQUIRE(setsockopt(fd, SOL_SOCKET, SO_LINGER, &lg, sizeof(lg)) == 0);
+    close(fd);
+}
+
+}  // namespace
+
+TEST_CASE("64 MiB each way at once through one proxied connection, byte-exact", "[proxy]") {
+    auto echo = start_echo();
+    auto proxy = start_proxy(quoted_list({echo->addresses()[0]}));
+    const int fd = proxy->connect();
+    constexpr std::size_t total = 64u << 20;
+    const std::string data = pattern(total, 7);
+    std::string back;
+    back.reserve(total);
+    // The writer uses random sizes; the reader checks everything that
+    // came back (through the proxy, the echo, and the proxy again).
+    std::thread writer([&] {
+        std::mt19937 rng(42);
+        std::size_t off = 0;
+        while (off < total) {
+            const std::size_t n = std::min<std::size_t>(total - off, 1 + rng() % 100'000);
+            if (!send_all(fd, data.substr(off, n))) {
+                break;
+            }
+            off += n;
+        }
+        shutdown(fd, SHUT_WR);
+    });
+    const int err = read_to_end(fd, back, std::chrono::seconds(120));
+    writer.join();
+    CHECK(err == 0);
+    REQUIRE(back.size() == total);
+    CHECK(back == data);
+    close(fd);
+}
+
+TEST_CASE("1000 short proxied connections, each served", "[proxy]") {
+    auto echo = start_echo();
+    auto proxy = start_proxy(quoted_list({echo->addresses()[0]}));
+    int served = 0;
+    for (int i = 0; i < 1000; ++i) {
+        const int fd = proxy->connect();
+        const std::string msg = pattern(100 + i % 900, static_cast<std::uint64_t>(i));
+        REQUIRE(send_all(fd, msg));
+        shutdown(fd, SHUT_WR);
+        std::string back;
+        if (read_to_end(fd, back) == 0 && back == msg) {
+            ++served;
+        }
+        close(fd);
+    }
+    CHECK(served == 1000);
+}
+
+TEST_CASE("the client's FIN reaches the server, which still answers", "[proxy][half-close]") {
+    loopback_socket server(16);
+    auto proxy = start_proxy(quoted_list({addr(server.port())}));
+    const int client = proxy->connect();
+    const int upstream = accept_one(server);
+    REQUIRE(upstream >= 0);
+    REQUIRE(send_all(client, "request"));
+    REQUIRE(shutdown(client, SHUT_WR) == 0);
+    // The server reads the request and then EOF: the FIN came through.
+    std::string got;
+    REQUIRE(read_to_end(upstream, got) == 0);
+    CHECK(got == "request");
+    // And the other direction still flows: a long answer, then the server's FIN.
+    const std::string answer = pattern(4u << 20, 3);
+    REQUIRE(send_all(upstream, answer));
+    REQUIRE(shutdown(upstream, SHUT_WR) == 0);
+    std::string back;
+    CHECK(read_to_end(client, back) == 0);
+    CHECK(back == answer);
+    close(client);
+    close(upstream);
+}
+
+TEST_CASE("the server's FIN reaches the client, which still sends", "[proxy][half-close]") {
+    loopback_socket server(16);
+    auto proxy = start_proxy(quoted_list({addr(server.port())}));
+    const int client = proxy->connect();
+    const int upstream = accept_one(server);
+    REQUIRE(upstream >= 0);
+    REQUIRE(send_all(upstream, "banner"));
+    REQUIRE(shutdown(upstream, SHUT_WR) == 0);
+    std::string got;
+    REQUIRE(read_to_end(client, got) == 0);
+    CHECK(got == "banner");
+    const std::string upload = pattern(4u << 20, 5);
+    REQUIRE(send_all(client, upload));
+    REQUIRE(shutdown(client, SHUT_WR) == 0);
+    std::string back;
+    CHECK(read_to_end(upstream, back) == 0);
+    CHECK(back == upload);
+    close(client);
+    close(upstream);
+}
+
+TEST_CASE("a reset travels on, both ways", "[proxy][reset]") {
+    loopback_socket server(16);
+    auto proxy = start_proxy(quoted_list({addr(server.port())}));
+    SECTION("client resets: the server sees a reset") {
+        const int client = proxy->connect();
+        const int upstream = accept_one(server);
+        REQUIRE(upstream >= 0);
+        REQUIRE(send_all(client, "x"));
+        REQUIRE(recv_exact(upstream, 1) == "x");
+        close_with_reset(client);
+        std::string rest;
+        CHECK(read_to_end(upstream, rest) == ECONNRESET);
+        close(upstream);
+    }
+    SECTION("server resets: the client sees a reset") {
+        const int client = proxy->connect();
+        const int upstream = accept_one(server);
+        REQUIRE(upstream >= 0);
+        REQUIRE(send_all(upstream, "y"));
+        REQUIRE(recv_exact(client, 1) == "y");
+        close_with_reset(upstream);
+        std::string rest;
+        CHECK(read_to_end(client, rest) == ECONNRESET);
+        close(client);
+    }
+}
+
+TEST_CASE("a refused server is skipped: the client sees no error", "[proxy][retry]") {
+    loopback_socket refusing(-1);  // bound, not listening: connects are refused
+    auto echo = start_echo();
+    // max_fails 0: the refusing server stays in the rotation, so that
+    // every other connection meets it first.
+    auto proxy = start_proxy(quoted_list({addr(refusing.port()), echo->addresses()[0]}), "max_fails = 0\n");
+    for (int i = 0; i < 20; ++i) {
+        const int fd = proxy->connect();
+        REQUIRE(send_all(fd, "ping"));
+        CHECK(recv_exact(fd, 4) == "ping");
+        close(fd);
+    }
+}
+
+TEST_CASE("every server refused: the client is closed within the retry bound", "[proxy][retry]") {
+    loopback_socket a(-1), b(-1);
+    auto proxy = start_proxy(quoted_list({addr(a.port()), addr(b.port())}),
+                             "retries = 3\nconnect_timeout = \"500ms\"\nmax_fails = 0\n");
+    const auto start = std::chrono::steady_clock::now();
+    const int fd = proxy->connect();
+    std::string got;
+    const int err = read_to_end(fd, got);
+    // (retries + 1) x connect_timeout = 2 s, plus a margin for a slow machine.
+    CHECK(std::chrono::steady_clock::now() - start < 2s + 10s);
+    CHECK((err == 0 || err == ECONNRESET));
+    CHECK(got.empty());
+    close(fd);
+}
+
+TEST_CASE("a server that never answers the handshake times out; the next one serves", "[proxy][retry]") {
+    // A backlog of 0 that nobody accepts from: once its queue is full, the
+    // kernel drops further SYNs, and a connect waits for connect_timeout.
+    loopback_socket silent(0);
+    std::vector<int> fillers;
+    for (int i = 0; i < 4; ++i) {
+        const int f = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+        sockaddr_in sin{};
+        sin.sin_family = AF_INET;
+        sin.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+        sin.sin_port = htons(silent.port());
+        (void)::connect(f, reinterpret_cast<sockaddr*>(&sin), sizeof(sin));
+        fillers.push_back(f);
+    }
+    auto echo = start_echo();
+    auto proxy = start_proxy(quoted_list({addr(silent.port()), echo->addresses()[0]}),
+                             "connect_timeout = \"200ms\"\nmax_fails = 0\n");
+    for (int i = 0; i < 4; ++i) {
+        const int fd = proxy->connect();
+        REQUIRE(send_all(fd, "hello"));
+        CHECK(recv_exact(fd, 5) == "hello");
+        close(fd);
+    }
+    for (int f : fillers) {
+        close(f);
+    }
+}
+
+TEST_CASE("a refusing server is marked down once, on every shard, and tried again later", "[proxy][health]") {
+    loopback_socket refusing(-1);
+    auto echo = start_echo();
+    // Every CPU this test may use: two shards where there are two.
+    const std::string runtime = cpus_allowed() >= 2 ? "cpus = \"all\"\n" : cpus_key();
+    auto proxy = start_proxy(quoted_list({addr(refusing.port()), echo->addresses()[0]}),
+                             "max_fails = 1\nfail_timeout = \"1s\"\n", "", runtime);
+    // Connections spread over the shards; all are served, and after the
+    // first failure no shard tries the refusing server for a second.
+    for (int i = 0; i < 40; ++i) {
+        const int fd = proxy->connect();
+        REQUIRE(send_all(fd, "ok"));
+        CHECK(recv_exact(fd, 2) == "ok");
+        close(fd);
+    }
+    auto r = proxy->stop();
+    REQUIRE(r);
+    const std::string log = r->err;
+    const std::string down = "server " + addr(refusing.port()) + " is down for 1s";
+    std::size_t count = 0;
+    for (std::size_t at = log.find(down); at != std::string::npos; at = log.find(down, at + 1)) {
+        ++count;
+    }
+    // Once down, it stays down for the whole loop unless the loop outlasts
+    // fail_timeout on a slow machine; then it is tried again and marked
+    // down again, once per second at most.
+    CHECK(count >= 1);
+    CHECK(count <= 1 + 30);
+}
