@@ -8,11 +8,13 @@
 #include "tests/support/echo_peers.hh"
 #include "tests/support/loopback.hh"
 
+#include <arpa/inet.h>
 #include <catch2/catch.hpp>
 #include <cerrno>
 #include <netinet/in.h>
 #include <poll.h>
 #include <random>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <thread>
 
@@ -81,6 +83,14 @@ int read_to_end(int fd, std::string& out, std::chrono::milliseconds timeout = ge
         }
         out.append(buf, static_cast<std::size_t>(n));
     }
+}
+
+void raise_fd_limit() {
+    rlimit rl{};
+    REQUIRE(getrlimit(RLIMIT_NOFILE, &rl) == 0);
+    rl.rlim_cur = rl.rlim_max;
+    REQUIRE(setrlimit(RLIMIT_NOFILE, &rl) == 0);
+    REQUIRE(rl.rlim_cur >= 2048);
 }
 
 void close_with_reset(int fd) {
@@ -295,4 +305,164 @@ TEST_CASE("a refusing server is marked down once, on every shard, and tried agai
     // down again, once per second at most.
     CHECK(count >= 1);
     CHECK(count <= 1 + 30);
+}
+
+namespace {
+
+// Three servers this test owns, and how many connections each accepted.
+struct counting_pool {
+    std::vector<std::unique_ptr<loopback_socket>> servers;
+    std::vector<int> accepted_fds;
+    std::vector<int> counts;
+
+    explicit counting_pool(std::size_t n) : counts(n, 0) {
+        for (std::size_t i = 0; i < n; ++i) {
+            servers.push_back(std::make_unique<loopback_socket>(4096));
+        }
+    }
+    ~counting_pool() {
+        for (int fd : accepted_fds) {
+            close(fd);
+        }
+    }
+    // Waits for the one connection the proxy makes for a client, and says
+    // to which server it went (-1: none within the deadline).
+    int accept_next(bool keep_open) {
+        std::vector<pollfd> p;
+        for (auto& s : servers) {
+            p.push_back({s->fd(), POLLIN, 0});
+        }
+        if (poll(p.data(), p.size(), static_cast<int>(std::chrono::milliseconds(generous).count())) <= 0) {
+            return -1;
+        }
+        for (std::size_t i = 0; i < p.size(); ++i) {
+            if (p[i].revents & POLLIN) {
+                const int fd = accept4(servers[i]->fd(), nullptr, nullptr, SOCK_CLOEXEC);
+                REQUIRE(fd >= 0);
+                ++counts[i];
+                if (keep_open) {
+                    accepted_fds.push_back(fd);
+                } else {
+                    close(fd);
+                }
+                return static_cast<int>(i);
+            }
+        }
+        return -1;
+    }
+    std::string servers_toml(const std::vector<int>& weights) const {
+        std::string out = "[";
+        for (std::size_t i = 0; i < servers.size(); ++i) {
+            out += (i ? ", " : "") + std::string("{ address = \"") + addr(servers[i]->port()) +
+                   "\", weight = " + std::to_string(weights[i]) + " }";
+        }
+        return out + "]";
+    }
+};
+
+// A client from a chosen loopback address (127.0.0.X), for source_hash.
+int connect_from(const std::string& from_ip, const std::string& to) {
+    const int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    REQUIRE(fd >= 0);
+    sockaddr_in sin{};
+    sin.sin_family = AF_INET;
+    REQUIRE(inet_pton(AF_INET, from_ip.c_str(), &sin.sin_addr) == 1);
+    REQUIRE(bind(fd, reinterpret_cast<sockaddr*>(&sin), sizeof(sin)) == 0);
+    const auto colon = to.rfind(':');
+    sockaddr_in dst{};
+    dst.sin_family = AF_INET;
+    dst.sin_port = htons(static_cast<std::uint16_t>(std::stoi(to.substr(colon + 1))));
+    REQUIRE(inet_pton(AF_INET, to.substr(0, colon).c_str(), &dst.sin_addr) == 1);
+    REQUIRE(::connect(fd, reinterpret_cast<sockaddr*>(&dst), sizeof(dst)) == 0);
+    return fd;
+}
+
+}  // namespace
+
+// Opens a client through the proxy and waits until its pair relays (a byte
+// went from the client to the server): the proxy has counted the
+// connection as open by then. Returns the client; the pool keeps the
+// server side.
+int open_relayed(echo_daemon& proxy, counting_pool& pool) {
+    const int fd = proxy.connect();
+    REQUIRE(pool.accept_next(true) >= 0);
+    REQUIRE(send_all(fd, "!"));
+    REQUIRE(recv_exact(pool.accepted_fds.back(), 1) == "!");
+    return fd;
+}
+
+TEST_CASE("round_robin: weights 1:2:3 over 3000 connections, within 10%", "[proxy][balance]") {
+    counting_pool pool(3);
+    auto proxy = start_proxy(pool.servers_toml({1, 2, 3}), "balance = \"round_robin\"\n");
+    for (int i = 0; i < 3000; ++i) {
+        const int fd = proxy->connect();
+        REQUIRE(pool.accept_next(false) >= 0);
+        close(fd);
+    }
+    for (int i = 0; i < 3; ++i) {
+        const double expected = 3000.0 * (i + 1) / 6;
+        INFO("server " << i << " got " << pool.counts[i]);
+        CHECK(std::abs(pool.counts[i] - expected) <= 0.1 * expected);
+    }
+}
+
+TEST_CASE("random_two: weights 1:2:3 over 600 open connections, within 10%", "[proxy][balance]") {
+    // Open connections, so that the load it compares is the same from run to
+    // run; one shard, whose generator is seeded, so the run repeats. 1200
+    // descriptors here: above a soft limit of 1024.
+    raise_fd_limit();
+    counting_pool pool(3);
+    auto proxy = start_proxy(pool.servers_toml({1, 2, 3}), "balance = \"random_two\"\n");
+    std::vector<int> clients;
+    for (int i = 0; i < 600; ++i) {
+        clients.push_back(open_relayed(*proxy, pool));
+    }
+    for (int i = 0; i < 3; ++i) {
+        const double expected = 600.0 * (i + 1) / 6;
+        INFO("server " << i << " got " << pool.counts[i]);
+        CHECK(std::abs(pool.counts[i] - expected) <= 0.1 * expected);
+    }
+    for (int fd : clients) {
+        close(fd);
+    }
+}
+
+TEST_CASE("least_conn spreads long-lived connections evenly, by weight", "[proxy][balance]") {
+    counting_pool pool(3);
+    auto proxy = start_proxy(pool.servers_toml({1, 1, 2}), "balance = \"least_conn\"\n");
+    std::vector<int> clients;
+    for (int i = 0; i < 40; ++i) {
+        clients.push_back(open_relayed(*proxy, pool));
+    }
+    CHECK(pool.counts[0] == 10);
+    CHECK(pool.counts[1] == 10);
+    CHECK(pool.counts[2] == 20);
+    for (int fd : clients) {
+        close(fd);
+    }
+}
+
+TEST_CASE("source_hash keeps each client host on one server, and spreads hosts", "[proxy][balance]") {
+    counting_pool pool(3);
+    auto proxy = start_proxy(pool.servers_toml({1, 1, 1}), "balance = \"source_hash\"\n");
+    std::vector<int> used(3, 0);
+    for (int host = 1; host <= 30; ++host) {
+        const std::string ip = "127.0.0." + std::to_string(host + 1);
+        int first = -1;
+        for (int k = 0; k < 5; ++k) {
+            const int fd = connect_from(ip, proxy->addresses()[0]);
+            const int server = pool.accept_next(false);
+            REQUIRE(server >= 0);
+            if (first < 0) {
+                first = server;
+                ++used[static_cast<std::size_t>(server)];
+            }
+            CHECK(server == first);
+            close(fd);
+        }
+    }
+    // 30 hosts over 3 servers: each server gets some.
+    for (int n : used) {
+        CHECK(n > 0);
+    }
 }
