@@ -243,7 +243,7 @@ int run_daemon(config::config cfg, const cpu_set& cpus, const daemon_options& op
 
     std::vector<std::unique_ptr<proxy::upstream_shared>> upstreams;
     for (const auto& up : cfg.upstreams) {
-        upstreams.push_back(std::make_unique<proxy::upstream_shared>(up));
+        upstreams.push_back(std::make_unique<proxy::upstream_shared>(up, shards));
     }
     std::vector<shard_counters> counters(shards);
     std::vector<std::string> errors(shards);

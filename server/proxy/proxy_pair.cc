@@ -34,6 +34,9 @@ proxy_pair::proxy_pair(shard_state& sh, listener_state& l, int client_fd)
 
 void proxy_pair::abort() noexcept {
     _abort.request_abort();
+    if (_waiter) {
+        _waiter->wake.request_abort();
+    }
     for (transit* t : _dir) {
         if (t) {
             t->abort();
@@ -49,32 +52,79 @@ std::uint64_t proxy_pair::activity() const noexcept {
     return a;
 }
 
+task<bool> proxy_pair::wait_in_queue(std::int64_t& deadline_ns) {
+    auto& totals = _up.totals();
+    const std::int64_t now = steady_now_ns();
+    const bool first = deadline_ns == 0;
+    if (first) {
+        deadline_ns = now + std::chrono::duration_cast<std::chrono::nanoseconds>(_up.cfg().queue_timeout).count();
+    }
+    _waiter.emplace();
+    // A client woken before goes back to the front: it keeps its turn.
+    if (!_up.enqueue(*_waiter, !first)) {
+        totals.queue_full.add();
+        _waiter.reset();
+        co_return false;
+    }
+    if (first) {
+        totals.queued.add();
+    }
+    // Announced; now look again, so that a slot freed just before is not
+    // missed (its closer may have seen no waiter).
+    bool timed_out = false;
+    if (!_up.has_capacity()) {
+        sleep_op s =
+            sleep_until(std::chrono::steady_clock::time_point(std::chrono::nanoseconds(deadline_ns)), _waiter->wake);
+        timed_out = co_await s;
+    }
+    _up.dequeue(*_waiter);
+    _waiter.reset();
+    totals.queued_ns.add(static_cast<std::uint64_t>(std::max<std::int64_t>(0, steady_now_ns() - now)));
+    if (_abort.abort_requested()) {
+        co_return false;
+    }
+    if (timed_out) {
+        totals.queue_timeouts.add();
+        co_return false;
+    }
+    co_return true;
+}
+
 task<std::optional<std::size_t>> proxy_pair::connect_upstream() {
     const auto& cfg = _up.cfg();
-    const std::optional<socket_address> client = peer_address(_client_fd);
+    const socket_address client = peer_address(_client_fd).value_or(socket_address());
     std::vector<bool> tried(_up.size(), false);
-    for (std::uint32_t attempt = 0; attempt <= cfg.retries; ++attempt) {
-        if (_abort.abort_requested()) {
+    std::int64_t queue_deadline = 0;
+    std::uint32_t attempt = 0;
+    while (attempt <= cfg.retries && !_abort.abort_requested()) {
+        pick_result p = _up.pick(client, tried);
+        if (p.what == pick_result::all_down && attempt > 0) {
+            // Every server tried once: a retry may go to one again (a pool
+            // of one server retries that server).
+            std::fill(tried.begin(), tried.end(), false);
+            p = _up.pick(client, tried);
+        }
+        if (p.what == pick_result::all_full) {
+            // Servers at their max_connections: wait for a slot (a wait is
+            // not a try).
+            const bool woken = co_await wait_in_queue(queue_deadline);
+            if (!woken) {
+                co_return std::nullopt;
+            }
+            continue;
+        }
+        if (p.what == pick_result::all_down) {
             break;
         }
-        std::optional<std::size_t> pick = _up.pick(client.value_or(socket_address()), tried);
-        if (!pick && attempt > 0) {
-            // Every server tried once: a retry may go to one again (a pool of
-            // one server retries that server).
-            std::fill(tried.begin(), tried.end(), false);
-            pick = _up.pick(client.value_or(socket_address()), tried);
-        }
-        if (!pick) {
-            break;  // every server is down
-        }
-        const std::size_t i = *pick;
+        const std::size_t i = p.index;
         tried[i] = true;
-        if (attempt > 0) {
+        if (attempt++ > 0) {
             _up.totals().retries.add();
         }
         const socket_address& addr = _up.address(i);
         auto fd = tcp_socket(addr.family());
         if (!fd) {
+            _up.close(i);
             _up.failed(i, fd.error());
             continue;
         }
@@ -93,10 +143,14 @@ task<std::optional<std::size_t>> proxy_pair::connect_upstream() {
             _server_fd = std::move(*fd);
             co_return i;
         }
+        _up.close(i);
         if (r.error() == std::errc::operation_canceled && _abort.abort_requested()) {
             break;
         }
         _up.failed(i, r.error());
+    }
+    if (!_abort.abort_requested()) {
+        _up.totals().no_server.add();
     }
     co_return std::nullopt;
 }
@@ -140,12 +194,8 @@ task<void> proxy_pair::pump(transit& t, int out_fd, int which) {
 task<void> proxy_pair::run() {
     const std::optional<std::size_t> server = co_await connect_upstream();
     if (!server) {
-        if (!_abort.abort_requested()) {
-            _up.totals().no_server.add();
-        }
-        co_return;
+        co_return;  // counted where it failed
     }
-    _up.open(*server);
     struct close_on_exit {
         upstream_local& up;
         std::size_t i;

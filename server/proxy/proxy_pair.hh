@@ -51,6 +51,10 @@ private:
     // The server socket, connected, and which server it is; none when
     // every try failed (or abort()).
     task<std::optional<std::size_t>> connect_upstream();
+    // Waits in the shard's queue until a server slot may be free; false
+    // when the queue is full, queue_timeout passed (from the first wait,
+    // `deadline_ns`), or abort().
+    task<bool> wait_in_queue(std::int64_t& deadline_ns);
     task<void> pump(transit& t, int out_fd, int which);
     task<void> half_close_timer();
 
@@ -60,6 +64,8 @@ private:
     int _client_fd;
     owned_fd _server_fd;
     abort_source _abort;
+    // While queued for a server slot.
+    std::optional<queue_waiter> _waiter;
     // Ends the half-close timer once both directions have ended.
     abort_source _timer_stop;
     std::optional<join_handle<void>> _timer;

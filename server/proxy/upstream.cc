@@ -1,5 +1,8 @@
 #include "server/proxy/upstream.hh"
 
+#include "reactor/shard_mesh.hh"
+
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <netinet/in.h>
@@ -43,13 +46,15 @@ std::int64_t steady_now_ns() noexcept {
         .count();
 }
 
-upstream_shared::upstream_shared(const config::upstream_config& c)
-    : cfg(&c), servers(std::make_unique<server_shared[]>(c.servers.size())) {}
+upstream_shared::upstream_shared(const config::upstream_config& c, std::size_t n)
+    : cfg(&c), servers(std::make_unique<server_shared[]>(c.servers.size())), shards(n),
+      queues(std::make_unique<shard_queue_state[]>(n)) {}
 
 upstream_local::upstream_local(upstream_shared& shared, unsigned shard_id)
-    : _shared(shared), _current(shared.cfg->servers.size(), 0), _rng(0x5eed + shard_id),
+    : _shared(shared), _shard(shard_id), _current(shared.cfg->servers.size(), 0), _rng(0x5eed + shard_id),
       _counters(std::make_unique<server_counters[]>(shared.cfg->servers.size())) {
     _eligible.reserve(size());
+    _shared.queues[shard_id].local.store(this);
     // Start each shard's round at a different server.
     std::vector<std::size_t> all(size());
     for (std::size_t i = 0; i < all.size(); ++i) {
@@ -64,24 +69,94 @@ bool upstream_local::down(std::size_t i, std::int64_t now_ns) const noexcept {
     return _shared.servers[i].down_until.load(std::memory_order_relaxed) > now_ns;
 }
 
-std::optional<std::size_t> upstream_local::pick(const socket_address& client, const std::vector<bool>& tried) {
+bool upstream_local::try_take(std::size_t i) noexcept {
+    const std::uint64_t limit = cfg().servers[i].max_connections;
+    const std::uint64_t before = _shared.servers[i].active.fetch_add(1);
+    if (limit != 0 && before >= limit) {
+        _shared.servers[i].active.fetch_sub(1);
+        return false;
+    }
+    return true;
+}
+
+pick_result upstream_local::pick(const socket_address& client, const std::vector<bool>& tried) {
     const std::int64_t now = steady_now_ns();
     _eligible.clear();
+    bool any_up = false;
     for (std::size_t i = 0; i < size(); ++i) {
-        if (!(i < tried.size() && tried[i]) && !down(i, now)) {
+        if ((i < tried.size() && tried[i]) || down(i, now)) {
+            continue;
+        }
+        any_up = true;
+        const std::uint64_t limit = cfg().servers[i].max_connections;
+        if (limit == 0 || _shared.servers[i].active.load() < limit) {
             _eligible.push_back(i);
         }
     }
-    if (_eligible.empty()) {
-        return std::nullopt;
+    // A server that filled up between the look above and try_take() (on
+    // another shard) leaves the candidates; the pick goes on among the rest.
+    while (!_eligible.empty()) {
+        std::optional<std::size_t> i;
+        switch (cfg().balance) {
+        case config::balance_policy::round_robin: i = pick_round_robin(_eligible); break;
+        case config::balance_policy::least_conn: i = pick_least_conn(_eligible); break;
+        case config::balance_policy::random_two: i = pick_random_two(_eligible); break;
+        case config::balance_policy::source_hash: i = pick_source_hash(client, _eligible); break;
+        }
+        if (try_take(*i)) {
+            return {pick_result::server, *i};
+        }
+        _eligible.erase(std::find(_eligible.begin(), _eligible.end(), *i));
     }
-    switch (cfg().balance) {
-    case config::balance_policy::round_robin: return pick_round_robin(_eligible);
-    case config::balance_policy::least_conn: return pick_least_conn(_eligible);
-    case config::balance_policy::random_two: return pick_random_two(_eligible);
-    case config::balance_policy::source_hash: return pick_source_hash(client, _eligible);
+    return {any_up ? pick_result::all_full : pick_result::all_down, 0};
+}
+
+bool upstream_local::enqueue(queue_waiter& w, bool front) noexcept {
+    if (_queue_len >= cfg().max_queue) {
+        return false;
     }
-    return pick_round_robin(_eligible);
+    if (front) {
+        w.next = _queue_head;
+        (_queue_head ? _queue_head->prev : _queue_tail) = &w;
+        _queue_head = &w;
+    } else {
+        w.prev = _queue_tail;
+        (_queue_tail ? _queue_tail->next : _queue_head) = &w;
+        _queue_tail = &w;
+    }
+    w.linked = true;
+    ++_queue_len;
+    _shared.queues[_shard].waiting.fetch_add(1);
+    return true;
+}
+
+void upstream_local::dequeue(queue_waiter& w) noexcept {
+    if (!std::exchange(w.linked, false)) {
+        return;
+    }
+    (w.prev ? w.prev->next : _queue_head) = w.next;
+    (w.next ? w.next->prev : _queue_tail) = w.prev;
+    w.prev = w.next = nullptr;
+    --_queue_len;
+    _shared.queues[_shard].waiting.fetch_sub(1);
+}
+
+bool upstream_local::has_capacity() const noexcept {
+    const std::int64_t now = steady_now_ns();
+    for (std::size_t i = 0; i < size(); ++i) {
+        const std::uint64_t limit = cfg().servers[i].max_connections;
+        if (!down(i, now) && (limit == 0 || _shared.servers[i].active.load() < limit)) {
+            return true;
+        }
+    }
+    return false;
+}
+
+void upstream_local::wake_one() noexcept {
+    if (queue_waiter* w = _queue_head) {
+        dequeue(*w);
+        w->wake.request_abort();
+    }
 }
 
 // nginx's smooth weighted round robin: every pick raises each eligible
@@ -170,10 +245,26 @@ std::optional<std::size_t> upstream_local::pick_source_hash(const socket_address
     return best;
 }
 
-void upstream_local::open(std::size_t i) noexcept { _shared.servers[i].active.fetch_add(1, std::memory_order_relaxed); }
-
 void upstream_local::close(std::size_t i) noexcept {
-    _shared.servers[i].active.fetch_sub(1, std::memory_order_relaxed);
+    _shared.servers[i].active.fetch_sub(1);
+    if (cfg().servers[i].max_connections == 0) {
+        return;  // nobody ever waits for this server's slot
+    }
+    if (_queue_head) {
+        wake_one();
+        return;
+    }
+    // One waiter on another shard, through the mesh; the slot is its to
+    // race for. Seq-cst on both sides (see enqueue()).
+    for (std::size_t k = 1; k < _shared.shards; ++k) {
+        const std::size_t s = (_shard + k) % _shared.shards;
+        if (_shared.queues[s].waiting.load() > 0) {
+            shard_mesh::current()->send(
+                static_cast<unsigned>(s),
+                {[](void* p) { static_cast<upstream_local*>(p)->wake_one(); }, _shared.queues[s].local.load()});
+            return;
+        }
+    }
 }
 
 void upstream_local::connected(std::size_t i) {

@@ -23,6 +23,7 @@
 #include "config/config.hh"
 #include "server/counters.hh"
 
+#include "reactor/abort_source.hh"
 #include "reactor/socket_address.hh"
 
 #include <atomic>
@@ -57,10 +58,31 @@ struct alignas(64) server_counters {
     shard_counter bytes_from;        // server -> client
 };
 
+class upstream_local;
+
+// Clients waiting on one shard: their count, read by the other shards when
+// a connection closes. Its own cache line.
+struct alignas(64) shard_queue_state {
+    std::atomic<std::uint32_t> waiting{0};
+    std::atomic<upstream_local*> local{nullptr};
+};
+
 struct upstream_shared {
-    explicit upstream_shared(const config::upstream_config& c);
+    upstream_shared(const config::upstream_config& c, std::size_t shards);
     const config::upstream_config* cfg;
     std::unique_ptr<server_shared[]> servers;
+    std::size_t shards;
+    std::unique_ptr<shard_queue_state[]> queues;  // [shard]
+};
+
+// A client waiting in its shard's queue for a server slot.
+struct queue_waiter {
+    queue_waiter* next = nullptr;
+    queue_waiter* prev = nullptr;
+    // Fired to wake the waiter (a slot may be free); also by the
+    // connection's own abort().
+    abort_source wake;
+    bool linked = false;
 };
 
 // Per shard and upstream, single writer.
@@ -69,6 +91,16 @@ struct alignas(64) upstream_counters {
     shard_counter no_server;  // every server down or failed: client closed
     shard_counter resets;     // an RST from one side, relayed to the other
     shard_counter half_close_timeouts;
+    shard_counter queued;          // clients that waited for a server slot
+    shard_counter queue_full;      // closed at once: max_queue clients already waiting
+    shard_counter queue_timeouts;  // closed after queue_timeout in the queue
+    shard_counter queued_ns;       // total time spent queued
+};
+
+// What pick() found.
+struct pick_result {
+    enum kind { server, all_down, all_full } what = all_down;
+    std::size_t index = 0;
 };
 
 class upstream_local {
@@ -80,16 +112,30 @@ public:
     const socket_address& address(std::size_t i) const noexcept { return _shared.cfg->servers[i].address; }
 
     // The server for a new connection from `client`, among those that are
-    // up and not in `tried` (a bit per server; servers past 64 are never
-    // excluded). None: every such server is down.
-    std::optional<std::size_t> pick(const socket_address& client, const std::vector<bool>& tried);
+    // up, under their max_connections and not in `tried`; its slot is taken
+    // (release it with close()). Or why there is none: all such servers are
+    // down, or some are up but at their max_connections (then: queue).
+    pick_result pick(const socket_address& client, const std::vector<bool>& tried);
 
     // A connect to server `i` succeeded / failed (health, counters, logs).
     void connected(std::size_t i);
     void failed(std::size_t i, const std::error_code& ec);
-    // A connection to server `i` opened / closed (its active count).
-    void open(std::size_t i) noexcept;
+    // Gives back server `i`'s slot taken by pick(), and wakes one queued
+    // client (on this shard if one waits here, else on another).
     void close(std::size_t i) noexcept;
+
+    // The queue (servers at max_connections). enqueue() fails when
+    // max_queue clients already wait on this shard. A waiter announces
+    // itself before it looks for a slot again, and a closer frees the slot
+    // before it looks for waiters (both sequentially consistent), so a slot
+    // freed in between is never missed.
+    bool enqueue(queue_waiter& w, bool front = false) noexcept;
+    // Whether some server is up and under its max_connections now.
+    bool has_capacity() const noexcept;
+    void dequeue(queue_waiter& w) noexcept;
+    // Wakes the first waiter of this shard, if any (from a close here or,
+    // through the shard mesh, on another shard).
+    void wake_one() noexcept;
 
     bool down(std::size_t i, std::int64_t now_ns) const noexcept;
     server_counters& counters(std::size_t i) noexcept { return _counters[i]; }
@@ -101,7 +147,13 @@ private:
     std::optional<std::size_t> pick_random_two(const std::vector<std::size_t>& eligible);
     std::optional<std::size_t> pick_source_hash(const socket_address& client, const std::vector<std::size_t>& eligible);
 
+    bool try_take(std::size_t i) noexcept;
+
     upstream_shared& _shared;
+    unsigned _shard;
+    queue_waiter* _queue_head = nullptr;
+    queue_waiter* _queue_tail = nullptr;
+    std::uint32_t _queue_len = 0;
     // Smooth weighted round robin: each server's current weight.
     std::vector<std::int64_t> _current;
     std::minstd_rand _rng;
