@@ -330,6 +330,9 @@ task<void> run_shard(shard_plan plan) {
         co_await s;
     }
     spdlog::info("drained: {}", sh.counters->summary());
+    for (const auto& up : sh.upstreams) {
+        spdlog::info("drained: {}", up->summary());
+    }
     const std::uint64_t one = 1;
     if (::write(plan.done_fd, &one, sizeof(one)) != sizeof(one)) {
         spdlog::error("cannot tell the main thread this shard is done: {}", std::strerror(errno));

@@ -311,4 +311,20 @@ void upstream_local::failed(std::size_t i, const std::error_code& ec) {
     }
 }
 
+std::string upstream_local::summary() const {
+    auto n = [](const shard_counter& c) { return std::to_string(c.get()); };
+    std::string out = "upstream " + cfg().name + ": retries " + n(_totals.retries) + ", no server " +
+                      n(_totals.no_server) + ", resets " + n(_totals.resets) + ", half-close timeouts " +
+                      n(_totals.half_close_timeouts) + ", queued " + n(_totals.queued) + " (full " +
+                      n(_totals.queue_full) + ", timed out " + n(_totals.queue_timeouts) + ", " +
+                      std::to_string(_totals.queued_ns.get() / 1'000'000) + " ms in all)";
+    for (std::size_t i = 0; i < size(); ++i) {
+        const server_counters& c = _counters[i];
+        out += "; " + address(i).to_string() + ": connections " + n(c.connections) + ", refused " +
+               n(c.connect_refused) + ", timeouts " + n(c.connect_timeouts) + ", errors " + n(c.connect_errors) +
+               ", bytes to " + n(c.bytes_to) + ", from " + n(c.bytes_from);
+    }
+    return out;
+}
+
 }  // namespace shardd::server::proxy

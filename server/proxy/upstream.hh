@@ -140,6 +140,8 @@ public:
     bool down(std::size_t i, std::int64_t now_ns) const noexcept;
     server_counters& counters(std::size_t i) noexcept { return _counters[i]; }
     upstream_counters& totals() noexcept { return _totals; }
+    // The counters, one line: logged at drain.
+    std::string summary() const;
 
 private:
     std::optional<std::size_t> pick_round_robin(const std::vector<std::size_t>& eligible);
