@@ -7,6 +7,7 @@
 #include "tests/support/echo_daemon.hh"
 #include "tests/support/echo_peers.hh"
 #include "tests/support/loopback.hh"
+#include "tests/support/proxy_peers.hh"
 
 #include <arpa/inet.h>
 #include <catch2/catch.hpp>
@@ -19,87 +20,6 @@
 #include <thread>
 
 using namespace shardd::test;
-
-namespace {
-
-using namespace std::chrono_literals;
-
-// A loaded CI machine can be slow; nothing here waits this long when healthy.
-constexpr auto generous = std::chrono::seconds(30);
-
-std::string cpus_key() { return "cpus = \"" + std::to_string(first_allowed_cpu()) + "\"\n"; }
-
-// shardd with one raw echo listener: the upstream most tests relay to.
-std::unique_ptr<echo_daemon> start_echo() {
-    return std::make_unique<echo_daemon>(
-        echo_config("[[listener]]\nname = \"e\"\nlisten = [\"127.0.0.1:0\"]\nmode = \"echo\"\n", cpus_key()));
-}
-
-std::string quoted_list(const std::vector<std::string>& servers) {
-    std::string out = "[";
-    for (std::size_t i = 0; i < servers.size(); ++i) {
-        out += (i ? ", \"" : "\"") + servers[i] + "\"";
-    }
-    return out + "]";
-}
-
-// shardd with one proxy listener to `servers` (TOML array text).
-std::unique_ptr<echo_daemon> start_proxy(const std::string& servers, const std::string& upstream_extra = "",
-                                         const std::string& listener_extra = "", const std::string& runtime = "") {
-    return std::make_unique<echo_daemon>(
-        echo_config("[[listener]]\nname = \"p\"\nlisten = [\"127.0.0.1:0\"]\nmode = \"proxy\"\nupstream = \"u\"\n" +
-                        listener_extra + "\n[[upstream]]\nname = \"u\"\nservers = " + servers + "\n" + upstream_extra,
-                    runtime.empty() ? cpus_key() : runtime));
-}
-
-std::string addr(std::uint16_t port) { return "127.0.0.1:" + std::to_string(port); }
-
-// Accepts one connection on `l` within the deadline; -1 if none came.
-int accept_one(const loopback_socket& l, std::chrono::milliseconds timeout = generous) {
-    pollfd p{l.fd(), POLLIN, 0};
-    if (poll(&p, 1, static_cast<int>(timeout.count())) != 1) {
-        return -1;
-    }
-    return accept4(l.fd(), nullptr, nullptr, SOCK_CLOEXEC);
-}
-
-// Reads until EOF or an error; the error (0 for a clean EOF, -1 on timeout).
-int read_to_end(int fd, std::string& out, std::chrono::milliseconds timeout = generous) {
-    const auto deadline = std::chrono::steady_clock::now() + timeout;
-    char buf[65536];
-    while (true) {
-        const auto left =
-            std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now());
-        pollfd p{fd, POLLIN, 0};
-        if (left.count() <= 0 || poll(&p, 1, static_cast<int>(left.count())) != 1) {
-            return -1;
-        }
-        const ssize_t n = recv(fd, buf, sizeof(buf), 0);
-        if (n == 0) {
-            return 0;
-        }
-        if (n < 0) {
-            return errno;
-        }
-        out.append(buf, static_cast<std::size_t>(n));
-    }
-}
-
-void raise_fd_limit() {
-    rlimit rl{};
-    REQUIRE(getrlimit(RLIMIT_NOFILE, &rl) == 0);
-    rl.rlim_cur = rl.rlim_max;
-    REQUIRE(setrlimit(RLIMIT_NOFILE, &rl) == 0);
-    REQUIRE(rl.rlim_cur >= 2048);
-}
-
-void close_with_reset(int fd) {
-    const linger lg{1, 0};
-    REQUIRE(setsockopt(fd, SOL_SOCKET, SO_LINGER, &lg, sizeof(lg)) == 0);
-    close(fd);
-}
-
-}  // namespace
 
 TEST_CASE("64 MiB each way at once through one proxied connection, byte-exact", "[proxy]") {
     auto echo = start_echo();
@@ -307,6 +227,52 @@ TEST_CASE("a refusing server is marked down once, on every shard, and tried agai
     CHECK(count <= 1 + 30);
 }
 
+TEST_CASE("a server marked down gets connections again after fail_timeout, once it answers", "[proxy][health]") {
+    loopback_socket revived(-1);  // refuses until it listens
+    auto echo = start_echo();
+    auto proxy = start_proxy(quoted_list({addr(revived.port()), echo->addresses()[0]}),
+                             "max_fails = 1\nfail_timeout = \"1s\"\n");
+    const std::string down = "server " + addr(revived.port()) + " is down for 1s";
+    // Clients until one meets the refusal (every one is served regardless).
+    const auto deadline = steady::now() + generous;
+    while (proxy->process().stderr_text().find(down) == std::string::npos && steady::now() < deadline) {
+        const int fd = proxy->connect();
+        REQUIRE(send_all(fd, "ok"));
+        CHECK(recv_exact(fd, 2) == "ok");
+        close(fd);
+    }
+    REQUIRE(proxy->process().stderr_text().find(down) != std::string::npos);
+    // The server comes back. Once fail_timeout has passed, a client is sent
+    // to it again: round_robin over two servers tries it every other time.
+    REQUIRE(listen(revived.fd(), 16) == 0);
+    int served_by_revived = -1;
+    int clients = 0;
+    while (served_by_revived < 0 && steady::now() < deadline) {
+        const int fd = proxy->connect();
+        ++clients;
+        REQUIRE(send_all(fd, "hi"));
+        // Either the echo answers, or the revived server has a connection.
+        pollfd p[2] = {{revived.fd(), POLLIN, 0}, {fd, POLLIN, 0}};
+        REQUIRE(poll(p, 2, ms_left(deadline)) >= 1);
+        if (p[0].revents & POLLIN) {
+            served_by_revived = accept4(revived.fd(), nullptr, nullptr, SOCK_CLOEXEC);
+            REQUIRE(served_by_revived >= 0);
+            // It is this client's server: the bytes arrive, the answer goes back.
+            CHECK(recv_exact(served_by_revived, 2) == "hi");
+            REQUIRE(send_all(served_by_revived, "hi"));
+        }
+        CHECK(recv_exact(fd, 2) == "hi");
+        close(fd);
+    }
+    INFO(clients << " clients after the server listened again");
+    REQUIRE(served_by_revived >= 0);
+    close(served_by_revived);
+    const std::string up = "server " + addr(revived.port()) + " is up again";
+    auto r = proxy->stop();
+    REQUIRE(r);
+    CHECK(r->err.find(up) != std::string::npos);
+}
+
 namespace {
 
 // Three servers this test owns, and how many connections each accepted.
@@ -412,7 +378,7 @@ TEST_CASE("random_two: weights 1:2:3 over 600 open connections, within 10%", "[p
     // Open connections, so that the load it compares is the same from run to
     // run; one shard, whose generator is seeded, so the run repeats. 1200
     // descriptors here: above a soft limit of 1024.
-    raise_fd_limit();
+    REQUIRE(raise_fd_limit(2048) >= 2048);
     counting_pool pool(3);
     auto proxy = start_proxy(pool.servers_toml({1, 2, 3}), "balance = \"random_two\"\n");
     std::vector<int> clients;

@@ -168,6 +168,15 @@ std::size_t rss_kib(int pid) {
     throw std::runtime_error("no VmRSS for pid " + std::to_string(pid));
 }
 
+std::size_t rss_slack_kib() {
+#if defined(__SANITIZE_ADDRESS__)
+    // The default quarantine_size_mb, plus a quarter for allocator metadata.
+    return (256 + 64) * 1024;
+#else
+    return 0;
+#endif
+}
+
 std::uint64_t cpu_ticks(int pid) {
     std::ifstream f("/proc/" + std::to_string(pid) + "/stat");
     std::string all((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());

@@ -62,6 +62,12 @@ std::string pattern(std::size_t n, std::uint64_t seed);
 
 // Resident set size of a process, KiB (VmRSS).
 std::size_t rss_kib(int pid);
+// What a daemon's RSS may grow by for reasons that are not the daemon's:
+// 0 in a plain build. Under AddressSanitizer freed blocks sit in a
+// quarantine (256 MiB by default, redzones included) before reuse, so any
+// churn of allocations grows RSS up to that ceiling; a memory bound there
+// only catches runaway growth. LeakSanitizer checks leaks at exit.
+std::size_t rss_slack_kib();
 // utime + stime of a process, in clock ticks.
 std::uint64_t cpu_ticks(int pid);
 
