@@ -210,6 +210,24 @@ const std::string& daemon_process::stderr_text() {
     return _err_text;
 }
 
+bool daemon_process::wait_for_output(const std::string& text, std::chrono::milliseconds timeout) {
+    const auto deadline = std::chrono::steady_clock::now() + timeout;
+    while (_out_text.find(text) == std::string::npos && _err_text.find(text) == std::string::npos) {
+        pollfd pfds[3] = {{_pidfd, POLLIN, 0}, {_out, POLLIN, 0}, {_err, POLLIN, 0}};
+        const int rc = poll(pfds, 3, remaining_ms(deadline));
+        if (rc < 0 && errno == EINTR) {
+            continue;
+        }
+        if (rc <= 0 || (pfds[0].revents & POLLIN)) {
+            drain(0);  // what it wrote before it exited
+            return _out_text.find(text) != std::string::npos || _err_text.find(text) != std::string::npos;
+        }
+        read_some(_out, _out_text);
+        read_some(_err, _err_text);
+    }
+    return true;
+}
+
 std::optional<run_result> daemon_process::wait(std::chrono::milliseconds timeout) {
     const auto deadline = std::chrono::steady_clock::now() + timeout;
     // Read both pipes while waiting: a child blocked on a full pipe would

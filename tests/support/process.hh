@@ -82,6 +82,10 @@ public:
     std::optional<run_result> wait(std::chrono::milliseconds timeout = default_timeout);
     // Everything written to stderr so far (drains the pipe without blocking).
     const std::string& stderr_text();
+    // Waits until stdout or stderr contains `text` (true), or the process
+    // exits or the timeout passes (false). For programs that say when they
+    // are ready ("Server listening on 5201").
+    bool wait_for_output(const std::string& text, std::chrono::milliseconds timeout = default_timeout);
 
 private:
     void drain(int timeout_ms);
