@@ -21,9 +21,9 @@
 #include "reactor/internal/stream_core.hh"
 
 #include <cstdint>
-#include <deque>
 #include <limits>
 #include <span>
+#include <vector>
 
 namespace shardd {
 
@@ -39,7 +39,7 @@ public:
     recv_state(int fd, buffer_ring& buffers, abort_source* abort);
 
     expected<received> take();
-    bool has_ready() const noexcept override { return !_ready.empty(); }
+    bool has_ready() const noexcept override { return _head < _ready.size(); }
     // pause(), and after it pull one buffer at a time where the kernel
     // lacks the byte limit.
     void pause_receive();
@@ -66,7 +66,13 @@ private:
         int res;
         std::uint32_t flags;
     };
-    std::deque<record> _ready;
+    // Completions not yet taken: _ready[_head..]. A vector, not a deque:
+    // libstdc++'s deque allocates ~600 bytes on construction, which every
+    // idle connection would carry. This one allocates on the first
+    // completion (8 bytes a record), and take() gives back what a burst grew
+    // (see take()), so an idle stream keeps a few records' worth.
+    std::vector<record> _ready;
+    std::size_t _head = 0;
     // After a pause on a kernel without the byte limit: receive one buffer
     // per next() (one-shot receives) until one comes back short, i.e. the
     // socket's queue is drained; only then go back to multishot. A

@@ -39,7 +39,7 @@ transit::transit(int in_fd, int out_fd, buffer_ring& buffers, const transit_opti
                  peer_log& log)
     : _in_fd(in_fd), _out_fd(out_fd), _buffers(buffers), _opts(opts), _counters(counters), _log(log) {
     if (opts.protocol == config::echo_protocol::sockperf) {
-        _framing.emplace(opts.max_message);
+        _sockperf = std::make_unique<sockperf_state>(opts.max_message);
     }
 }
 
@@ -47,12 +47,12 @@ bool transit::absorb(std::byte* data, std::uint32_t len, std::uint16_t bid) {
     _held.push_back(bid);
     _activity += len;
     _counters.bytes_in.add(len);
-    if (!_framing) {
+    if (!_sockperf) {
         _out.push_back({data, len});
         return true;
     }
-    _protocol_error = _framing->feed(data, len, _out, _header_copies);
-    return _protocol_error.empty();
+    _sockperf->error = _sockperf->framing.feed(data, len, _out, _sockperf->copies);
+    return _sockperf->error.empty();
 }
 
 void transit::end_round() noexcept {
@@ -61,7 +61,9 @@ void transit::end_round() noexcept {
     }
     _held.clear();
     _out.clear();
-    _header_copies.clear();
+    if (_sockperf) {
+        _sockperf->copies.clear();
+    }
 }
 
 void transit::spill(std::size_t first) {
@@ -182,9 +184,9 @@ void transit::log_protocol_error() {
     const std::uint64_t suppressed = _log.take_suppressed();
     if (suppressed > 0) {
         spdlog::warn("closing connection from {}: {} ({} similar line{} suppressed)", peer_name(_in_fd),
-                     _protocol_error, suppressed, suppressed == 1 ? "" : "s");
+                     _sockperf->error, suppressed, suppressed == 1 ? "" : "s");
     } else {
-        spdlog::warn("closing connection from {}: {}", peer_name(_in_fd), _protocol_error);
+        spdlog::warn("closing connection from {}: {}", peer_name(_in_fd), _sockperf->error);
     }
 }
 

@@ -117,11 +117,20 @@ private:
     shard_counters& _counters;
     peer_log& _log;
     abort_source _abort;
-    std::optional<sockperf_framing> _framing;
+    // The sockperf protocol's state, on the heap and only for a sockperf
+    // listener: a raw transit (an echo, either direction of a proxied pair)
+    // should not carry ~200 bytes it never uses, nor the ~580 that a
+    // libstdc++ deque allocates when constructed.
+    struct sockperf_state {
+        explicit sockperf_state(std::uint64_t max_message) : framing(max_message) {}
+        sockperf_framing framing;
+        header_copies copies;
+        std::string error;  // why the stream is not sockperf
+    };
+    std::unique_ptr<sockperf_state> _sockperf;
     // This round's buffers and what to send of them.
     std::vector<std::uint16_t> _held;
     std::vector<iovec> _out;
-    header_copies _header_copies;
     // The connection's own memory: bytes the peer has not taken yet.
     // Allocated when first needed, freed once sent (an idle connection holds
     // none).
@@ -131,7 +140,6 @@ private:
     std::uint64_t _activity = 0;
     std::uint64_t _sent = 0;
     std::error_code _error;
-    std::string _protocol_error;
 };
 
 }  // namespace shardd::server
