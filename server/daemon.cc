@@ -195,8 +195,10 @@ void log_counters(const std::vector<shard_counters>& counters) {
         bytes_in += c.bytes_in.get();
         bytes_out += c.bytes_out.get();
     }
-    // In and out differ for sockperf, which answers only what asks for it.
-    spdlog::info("served {} connection{}: {} bytes received, {} bytes sent back", accepted, accepted == 1 ? "" : "s",
+    // Over every socket of every listener: an echo's bytes in come back
+    // out (sockperf answers only what asks for it); a proxied pair counts
+    // what it read from either end as in, what it wrote to either end as out.
+    spdlog::info("served {} connection{}: {} bytes received, {} bytes sent", accepted, accepted == 1 ? "" : "s",
                  bytes_in, bytes_out);
 }
 

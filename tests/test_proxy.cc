@@ -113,6 +113,31 @@ TEST_CASE("the server's FIN reaches the client, which still sends", "[proxy][hal
     close(upstream);
 }
 
+TEST_CASE("a pair half-closed for longer than half_close_timeout is closed, and counted", "[proxy][half-close]") {
+    loopback_socket server(16);
+    auto proxy = start_proxy(quoted_list({addr(server.port())}), "", "half_close_timeout = \"200ms\"\n");
+    const int client = proxy->connect();
+    const int upstream = accept_one(server);
+    REQUIRE(upstream >= 0);
+    REQUIRE(send_all(client, "bye"));
+    const auto half_closed = steady::now();
+    REQUIRE(shutdown(client, SHUT_WR) == 0);
+    std::string got;
+    REQUIRE(read_to_end(upstream, got) == 0);
+    CHECK(got == "bye");
+    // The server neither answers nor closes: the pair ends at the timeout,
+    // and the client sees its end.
+    std::string rest;
+    const int err = read_to_end(client, rest);
+    CHECK((err == 0 || err == ECONNRESET));
+    CHECK(steady::now() - half_closed >= 200ms);
+    close(client);
+    close(upstream);
+    const auto r = proxy->stop();
+    REQUIRE(r);
+    CHECK_THAT(r->err, Catch::Contains("half-close timeouts 1"));
+}
+
 TEST_CASE("a reset travels on, both ways", "[proxy][reset]") {
     loopback_socket server(16);
     auto proxy = start_proxy(quoted_list({addr(server.port())}));
