@@ -1,5 +1,7 @@
 #include "server/daemon.hh"
 
+#include "server/admin/admin_server.hh"
+
 #include "server/cli.hh"
 #include "server/logging.hh"
 #include "server/sd_notify.hh"
@@ -48,6 +50,9 @@ task<void> shard_main(shard_plan plan) {
     spdlog::info("started on CPU {}; rings: main {}, latency {}, poll {}", sched_getcpu(),
                  ex->main_ring().describe_flags(), ex->latency_ring().describe_flags(),
                  ex->poll_ring().describe_flags());
+    if (plan.ring_flags) {
+        *plan.ring_flags = ex->main_ring().describe_flags();
+    }
     struct on_stop {
         ~on_stop() { spdlog::info("stopped"); }
     } log_stop;
@@ -115,9 +120,6 @@ void log_settings(const config::config& cfg, const cpu_set& cpus, const std::str
             }
         }
         spdlog::info("upstream {}: {} over {}", up.name, config::to_string(up.balance), servers);
-    }
-    if (cfg.admin.listen) {
-        spdlog::info("admin endpoint: {}", cfg.admin.listen->to_string());
     }
 }
 
@@ -205,6 +207,7 @@ void log_counters(const std::vector<shard_counters>& counters) {
 }  // namespace
 
 int run_daemon(config::config cfg, const cpu_set& cpus, const daemon_options& opts) {
+    const auto process_start = std::chrono::system_clock::now();
     log_settings(cfg, cpus, opts.config_path);
     raise_fd_limit();
 
@@ -248,6 +251,9 @@ int run_daemon(config::config cfg, const cpu_set& cpus, const daemon_options& op
         upstreams.push_back(std::make_unique<proxy::upstream_shared>(up, shards));
     }
     std::vector<shard_counters> counters(shards);
+    std::vector<admin::shard_heartbeat> heartbeats(shards);
+    std::string ring_flags;
+    std::atomic<admin::daemon_phase> phase{admin::daemon_phase::starting};
     std::vector<std::string> errors(shards);
     std::latch shards_up(static_cast<std::ptrdiff_t>(shards));
     auto pool = executor_pool::start(cpus, builder_from(cfg.runtime), [&](unsigned id) {
@@ -261,6 +267,8 @@ int run_daemon(config::config cfg, const cpu_set& cpus, const daemon_options& op
         plan.done_fd = signals.done;
         plan.up = &shards_up;
         plan.error = &errors[id];
+        plan.heartbeat = &heartbeats[id];
+        plan.ring_flags = id == 0 ? &ring_flags : nullptr;
         return shard_main(plan);
     });
     if (!pool) {
@@ -275,6 +283,28 @@ int run_daemon(config::config cfg, const cpu_set& cpus, const daemon_options& op
             return exit_failure;
         }
     }
+    // The admin endpoint, before READY: a service manager or orchestrator
+    // that probes it once told "ready" finds it there.
+    std::unique_ptr<admin::admin_server> admin_endpoint;
+    if (cfg.admin.listen) {
+        admin::admin_sources src;
+        src.cfg = &cfg;
+        src.counters = &counters;
+        src.heartbeats = &heartbeats;
+        src.phase = &phase;
+        src.started = process_start;
+        src.ring_flags = ring_flags;
+        auto a = admin::admin_server::start(*cfg.admin.listen, src);
+        if (!a) {
+            spdlog::critical("{}", a.error());
+            (*pool)->stop();
+            return exit_failure;
+        }
+        admin_endpoint = std::move(*a);
+        spdlog::info("admin endpoint: listening on {} (/metrics /healthz /readyz /stats /config)",
+                     admin_endpoint->address().to_string());
+    }
+    phase = admin::daemon_phase::ready;
     spdlog::info("ready: {} shard{} running", (*pool)->size(), (*pool)->size() == 1 ? "" : "s");
     sd_notify("READY=1\nSTATUS=serving on " + std::to_string((*pool)->size()) +
               " shards\nMAINPID=" + std::to_string(getpid()));
@@ -338,6 +368,7 @@ int run_daemon(config::config cfg, const cpu_set& cpus, const daemon_options& op
             spdlog::info("SIG{} received: draining (shutdown_timeout {})", sigabbrev_np(sig),
                          config::format_duration(cfg.runtime.shutdown_timeout));
             sd_notify("STOPPING=1");
+            phase = admin::daemon_phase::draining;
             draining = true;
             drain_deadline = std::chrono::steady_clock::now() + cfg.runtime.shutdown_timeout + main_drain_grace;
             signals.start_drain();
@@ -363,6 +394,9 @@ int run_daemon(config::config cfg, const cpu_set& cpus, const daemon_options& op
         }).detach();
     }
     (*pool)->stop();
+    if (admin_endpoint) {
+        admin_endpoint->stop();
+    }
     log_counters(counters);
     spdlog::info("stopped");
     return status;

@@ -271,6 +271,25 @@ std::string shard_counters::summary() const {
            std::to_string(accept_backoffs.get()) + ", log lines suppressed " + std::to_string(log_suppressed.get());
 }
 
+// The shard's sign of life for /healthz and the watchdog: a timestamp every
+// heartbeat_period, until the drain's housekeeping stop. A task that holds
+// the shard's loop (a stall) delays the beat, which is the point.
+task<void> beat(admin::shard_heartbeat* hb, abort_source& stop) {
+    if (!hb) {
+        co_return;
+    }
+    while (true) {
+        hb->steady_ns.store(
+            std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now().time_since_epoch())
+                .count(),
+            std::memory_order_relaxed);
+        sleep_op s = sleep_for(admin::heartbeat_period, stop);
+        if (!co_await s) {
+            co_return;
+        }
+    }
+}
+
 task<void> run_shard(shard_plan plan) {
     start_signal started(plan);
     shard_state sh;
@@ -319,6 +338,7 @@ task<void> run_shard(shard_plan plan) {
         }
     }
     started.serving();
+    auto heartbeat = ex->spawn(beat(plan.heartbeat, sh.stop_housekeeping));
 
     std::uint64_t signalled = 0;
     auto r = co_await read(plan.drain_fd, &signalled, sizeof(signalled), 0);
@@ -329,6 +349,7 @@ task<void> run_shard(shard_plan plan) {
     for (auto& s : sweeps) {
         co_await s;
     }
+    co_await heartbeat;
     spdlog::info("drained: {}", sh.counters->summary());
     for (const auto& up : sh.upstreams) {
         spdlog::info("drained: {}", up->summary());

@@ -1,0 +1,245 @@
+#include "server/admin/endpoints.hh"
+
+#include "server/admin/prometheus.hh"
+
+#include "config/load.hh"
+
+#include <algorithm>
+#include <array>
+#include <chrono>
+#include <dirent.h>
+#include <fstream>
+#include <unistd.h>
+
+namespace shardd::server::admin {
+
+namespace {
+
+// Every per-shard counter, once: /metrics and /stats both walk this table.
+struct counter_field {
+    const char* metric;  // shardd_<metric>, a _total counter
+    const char* json;    // its key in /stats
+    const char* help;
+    shard_counter shard_counters::*member;
+};
+constexpr std::array counter_fields{
+    counter_field{"connections_accepted_total", "accepted", "Connections accepted, all listeners of the shard.",
+                  &shard_counters::accepted},
+    counter_field{"connections_closed_total", "closed", "Connections closed, for any reason.", &shard_counters::closed},
+    counter_field{"connections_refused_total", "refused",
+                  "Connections accepted and closed at once: the listener was at max_connections.",
+                  &shard_counters::refused},
+    counter_field{"connections_idle_closed_total", "idle_closed",
+                  "Connections closed by idle_timeout (for a proxied pair: no byte either way).",
+                  &shard_counters::idle_closed},
+    counter_field{"connection_errors_total", "errors",
+                  "Connections that ended in an error (a reset, a broken pipe) or broke the protocol.",
+                  &shard_counters::errors},
+    counter_field{"protocol_errors_total", "protocol_errors",
+                  "Connections closed for not speaking the listener's protocol (sockperf framing).",
+                  &shard_counters::protocol_errors},
+    counter_field{"received_bytes_total", "bytes_in", "Bytes received from peers (clients and upstream servers).",
+                  &shard_counters::bytes_in},
+    counter_field{"sent_bytes_total", "bytes_out", "Bytes sent to peers (clients and upstream servers).",
+                  &shard_counters::bytes_out},
+    counter_field{"spilled_bytes_total", "bytes_spilled",
+                  "Bytes a peer did not take at once, copied from the receive pool into their connection's own "
+                  "memory.",
+                  &shard_counters::bytes_spilled},
+    counter_field{"backpressure_pauses_total", "backpressure_pauses",
+                  "Times a connection stopped receiving because the other side did not take what it sent.",
+                  &shard_counters::backpressure_pauses},
+    counter_field{"recv_enobufs_total", "enobufs", "Receives that found the shard's receive buffer ring empty.",
+                  &shard_counters::enobufs},
+    counter_field{"accept_backoffs_total", "accept_backoffs",
+                  "Accept failures for lack of descriptors or memory, each followed by a back-off.",
+                  &shard_counters::accept_backoffs},
+    counter_field{"peer_log_suppressed_total", "log_suppressed",
+                  "Log lines caused by peers and left out by the rate limit (10 a second per shard).",
+                  &shard_counters::log_suppressed},
+};
+
+std::int64_t steady_ns() {
+    return std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now().time_since_epoch())
+        .count();
+}
+
+std::size_t open_fds() {
+    std::size_t n = 0;
+    if (DIR* d = opendir("/proc/self/fd")) {
+        while (const dirent* e = readdir(d)) {
+            n += e->d_name[0] != '.' ? 1 : 0;
+        }
+        closedir(d);
+        n -= n > 0 ? 1 : 0;  // the directory's own descriptor
+    }
+    return n;
+}
+
+std::uint64_t resident_bytes() {
+    std::ifstream f("/proc/self/statm");
+    std::uint64_t size = 0, resident = 0;
+    f >> size >> resident;
+    return resident * static_cast<std::uint64_t>(sysconf(_SC_PAGESIZE));
+}
+
+double start_seconds(const admin_sources& src) {
+    return std::chrono::duration<double>(src.started.time_since_epoch()).count();
+}
+
+const char* reason_phrase(int status) {
+    switch (status) {
+    case 200: return "OK";
+    case 400: return "Bad Request";
+    case 404: return "Not Found";
+    case 405: return "Method Not Allowed";
+    case 413: return "Content Too Large";
+    case 414: return "URI Too Long";
+    case 431: return "Request Header Fields Too Large";
+    case 503: return "Service Unavailable";
+    case 505: return "HTTP Version Not Supported";
+    default: return "Error";
+    }
+}
+
+}  // namespace
+
+std::vector<unsigned> late_shards(const admin_sources& src) {
+    std::vector<unsigned> late;
+    const std::int64_t now = steady_ns();
+    const std::int64_t bound = std::chrono::duration_cast<std::chrono::nanoseconds>(heartbeat_late).count();
+    for (std::size_t i = 0; i < src.heartbeats->size(); ++i) {
+        const std::int64_t beat = (*src.heartbeats)[i].steady_ns.load(std::memory_order_relaxed);
+        if (beat == 0 || now - beat > bound) {
+            late.push_back(static_cast<unsigned>(i));
+        }
+    }
+    return late;
+}
+
+std::string metrics_text(const admin_sources& src) {
+    exposition e;
+    e.family("shardd_build_info", "gauge", "Always 1; the labels say what runs.");
+    e.sample("shardd_build_info",
+             {{"version", SHARDD_VERSION}, {"liburing", SHARDD_LIBURING_VERSION}, {"ring_flags", src.ring_flags}},
+             std::uint64_t{1});
+    e.family("shardd_start_time_seconds", "gauge", "When the process started, in seconds since the epoch.");
+    e.sample("shardd_start_time_seconds", {}, start_seconds(src));
+    e.family("shardd_open_fds", "gauge", "Open file descriptors of the process.");
+    e.sample("shardd_open_fds", {}, static_cast<std::uint64_t>(open_fds()));
+    e.family("shardd_resident_memory_bytes", "gauge", "Resident set size of the process.");
+    e.sample("shardd_resident_memory_bytes", {}, resident_bytes());
+    e.family("shardd_ready", "gauge", "1 while serving; 0 while starting or draining (as /readyz).");
+    e.sample("shardd_ready", {}, std::uint64_t{src.phase->load() == daemon_phase::ready ? 1u : 0u});
+
+    const std::vector<unsigned> late = late_shards(src);
+    std::vector<std::string> shard_names;
+    for (std::size_t i = 0; i < src.counters->size(); ++i) {
+        shard_names.push_back(std::to_string(i));
+    }
+    e.family("shardd_shard_up", "gauge",
+             "1 while the shard's heartbeat is fresh (a beat every 100ms, late after 1s); 0 when it is stuck.");
+    for (std::size_t i = 0; i < shard_names.size(); ++i) {
+        const bool up = std::find(late.begin(), late.end(), i) == late.end();
+        e.sample("shardd_shard_up", {{"shard", shard_names[i]}}, std::uint64_t{up ? 1u : 0u});
+    }
+    e.family("shardd_connections_active", "gauge", "Connections open now (accepted and not yet closed).");
+    for (std::size_t i = 0; i < shard_names.size(); ++i) {
+        e.sample("shardd_connections_active", {{"shard", shard_names[i]}}, (*src.counters)[i].active());
+    }
+    for (const counter_field& f : counter_fields) {
+        const std::string name = std::string("shardd_") + f.metric;
+        e.family(name, "counter", f.help);
+        for (std::size_t i = 0; i < shard_names.size(); ++i) {
+            e.sample(name, {{"shard", shard_names[i]}}, ((*src.counters)[i].*f.member).get());
+        }
+    }
+    return e.take();
+}
+
+std::string stats_json(const admin_sources& src) {
+    std::string out =
+        "{\"version\":\"" SHARDD_VERSION "\",\"start_time_seconds\":" + std::to_string(start_seconds(src)) +
+        ",\"open_fds\":" + std::to_string(open_fds()) +
+        ",\"resident_memory_bytes\":" + std::to_string(resident_bytes()) +
+        ",\"ready\":" + (src.phase->load() == daemon_phase::ready ? "true" : "false") + ",\"shards\":[";
+    const std::vector<unsigned> late = late_shards(src);
+    for (std::size_t i = 0; i < src.counters->size(); ++i) {
+        const shard_counters& c = (*src.counters)[i];
+        const bool up = std::find(late.begin(), late.end(), i) == late.end();
+        out += (i ? ",{" : "{") + std::string("\"shard\":") + std::to_string(i) + ",\"up\":" + (up ? "true" : "false") +
+               ",\"active\":" + std::to_string(c.active());
+        for (const counter_field& f : counter_fields) {
+            out += ",\"" + std::string(f.json) + "\":" + std::to_string((c.*f.member).get());
+        }
+        out += "}";
+    }
+    return out + "]}\n";
+}
+
+response refusal(int status, const std::string& reason) {
+    response r;
+    r.status = status;
+    r.body = reason + "\n";
+    return r;
+}
+
+response answer(const http_request& req, const admin_sources& src) {
+    const std::string_view path = req.path();
+    const bool known = path == "/metrics" || path == "/healthz" || path == "/readyz" || path == "/stats" ||
+                       path == "/config" || path == "/";
+    if (!known) {
+        return refusal(404, "not found: try /metrics, /healthz, /readyz, /stats or /config");
+    }
+    if (req.method != "GET" && req.method != "HEAD") {
+        response r = refusal(405, "method not allowed: " + req.method);
+        r.fields.emplace_back("Allow", "GET, HEAD");
+        return r;
+    }
+    response r;
+    if (path == "/metrics") {
+        r.content_type = std::string(exposition_content_type);
+        r.body = metrics_text(src);
+    } else if (path == "/stats") {
+        r.content_type = "application/json";
+        r.body = stats_json(src);
+    } else if (path == "/config") {
+        r.content_type = "application/toml";
+        r.body = config::to_toml(*src.cfg);
+    } else if (path == "/readyz") {
+        const daemon_phase p = src.phase->load();
+        r.status = p == daemon_phase::ready ? 200 : 503;
+        r.body = p == daemon_phase::ready ? "ready\n" : p == daemon_phase::starting ? "starting\n" : "draining\n";
+    } else if (path == "/healthz") {
+        const std::vector<unsigned> late = late_shards(src);
+        if (late.empty()) {
+            r.body = "ok\n";
+        } else {
+            r.status = 503;
+            r.body = "late heartbeat from shard";
+            for (unsigned s : late) {
+                r.body += " " + std::to_string(s);
+            }
+            r.body += "\n";
+        }
+    } else {
+        r.body = "shardd " SHARDD_VERSION ": /metrics /healthz /readyz /stats /config\n";
+    }
+    return r;
+}
+
+std::string render(const response& r, bool head, bool keep_alive) {
+    std::string out = "HTTP/1.1 " + std::to_string(r.status) + " " + reason_phrase(r.status) +
+                      "\r\nServer: shardd/" SHARDD_VERSION "\r\nContent-Type: " + r.content_type +
+                      "\r\nContent-Length: " + std::to_string(r.body.size()) + "\r\nCache-Control: no-store\r\n";
+    for (const auto& [k, v] : r.fields) {
+        out += k + ": " + v + "\r\n";
+    }
+    out += keep_alive ? "\r\n" : "Connection: close\r\n\r\n";
+    if (!head) {
+        out += r.body;
+    }
+    return out;
+}
+
+}  // namespace shardd::server::admin

@@ -1,0 +1,258 @@
+// The admin endpoint through the real shardd binary over loopback: every
+// path, /metrics read back by a real Prometheus parser (Debian's
+// python3-prometheus-client), keep-alive and pipelining, the refusals
+// (400, 404, 405, 413, 431), /readyz while draining, the connection limit.
+
+#include "tests/support/echo_daemon.hh"
+#include "tests/support/echo_peers.hh"
+#include "tests/support/proxy_peers.hh"
+
+#include <catch2/catch.hpp>
+#include <csignal>
+#include <poll.h>
+#include <regex>
+#include <sys/socket.h>
+
+using namespace shardd::test;
+
+namespace {
+
+// shardd with an echo listener and the admin endpoint, both on fresh ports.
+struct admin_daemon {
+    std::unique_ptr<echo_daemon> d;
+    std::string admin;  // "127.0.0.1:PORT"
+
+    explicit admin_daemon(const std::string& runtime_extra = "") {
+        d = std::make_unique<echo_daemon>(
+            echo_config("[admin]\nlisten = \"127.0.0.1:0\"\n\n[[listener]]\nname = \"e\"\nlisten = [\"127.0.0.1:0\"]\n"
+                        "mode = \"echo\"\n",
+                        cpus_key() + runtime_extra));
+        std::smatch m;
+        const std::string& log = d->process().stderr_text();
+        static const std::regex line(R"(admin endpoint: listening on (\S+))");
+        REQUIRE(std::regex_search(log, m, line));
+        admin = m[1].str();
+    }
+};
+
+struct http_response {
+    int status = 0;
+    std::string head;  // status line and fields
+    std::string body;
+};
+
+// Reads one response from `fd` (its Content-Length tells where it ends);
+// status 0 if the connection ended first.
+http_response read_response(int fd, bool head_request = false) {
+    http_response r;
+    std::string in;
+    char buf[65536];
+    const auto deadline = steady::now() + generous;
+    std::size_t need = std::string::npos;
+    while (true) {
+        const auto end = in.find("\r\n\r\n");
+        if (end != std::string::npos && need == std::string::npos) {
+            r.head = in.substr(0, end + 2);
+            static const std::regex length(R"(Content-Length: (\d+))");
+            std::smatch m;
+            REQUIRE(std::regex_search(r.head, m, length));
+            need = end + 4 + (head_request ? 0 : std::stoul(m[1].str()));
+        }
+        if (need != std::string::npos && in.size() >= need) {
+            r.body = in.substr(r.head.size() + 2, need - r.head.size() - 2);
+            r.status = std::stoi(r.head.substr(9, 3));
+            // Whatever is left belongs to the next response: push it back
+            // for the caller? Not needed: callers read one at a time, and
+            // pipelined answers are read with read_responses().
+            return r;
+        }
+        pollfd p{fd, POLLIN, 0};
+        if (poll(&p, 1, ms_left(deadline)) != 1) {
+            return r;
+        }
+        const ssize_t n = ::recv(fd, buf, sizeof(buf), 0);
+        if (n <= 0) {
+            return r;
+        }
+        in.append(buf, static_cast<std::size_t>(n));
+    }
+}
+
+http_response request(const std::string& address, const std::string& text, bool head_request = false) {
+    socket_fd c(connect_to(address));
+    REQUIRE(send_all(c.get(), text));
+    return read_response(c.get(), head_request);
+}
+
+http_response get(const std::string& address, const std::string& path) {
+    return request(address, "GET " + path + " HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n");
+}
+
+// The samples of a /metrics body as "name{sorted labels} value" lines, read
+// by prometheus_client's parser (which also rejects a malformed body).
+std::string parsed_samples(const std::string& body) {
+    temp_file f("metrics.txt", body);
+    const std::string script = "import sys\n"
+                               "from prometheus_client.parser import text_string_to_metric_families\n"
+                               "for fam in text_string_to_metric_families(open(sys.argv[1]).read()):\n"
+                               "    assert fam.documentation, fam.name\n"
+                               "    for s in fam.samples:\n"
+                               "        labels = ','.join(k + '=' + v for k, v in sorted(s.labels.items()))\n"
+                               "        print(fam.type, s.name + '{' + labels + '}', s.value)\n";
+    const run_result r = run_program("/usr/bin/python3", {"-c", script, f.path()});
+    INFO(r.err);
+    REQUIRE(r.exit_code == 0);
+    return r.out;
+}
+
+double sample_value(const std::string& samples, const std::string& name_and_labels) {
+    const auto at = samples.find(" " + name_and_labels + " ");
+    REQUIRE(at != std::string::npos);
+    const auto start = at + name_and_labels.size() + 2;
+    return std::stod(samples.substr(start, samples.find('\n', start) - start));
+}
+
+}  // namespace
+
+TEST_CASE("/metrics: a real Prometheus parser reads it, and the counters follow the traffic", "[admin]") {
+    admin_daemon a;
+    for (int i = 0; i < 5; ++i) {
+        socket_fd c(a.d->connect());
+        REQUIRE(echo_check(c.get(), pattern(1000, static_cast<std::uint64_t>(i))) == "");
+        REQUIRE(close_cleanly(c.get()));
+    }
+    const http_response r = get(a.admin, "/metrics");
+    REQUIRE(r.status == 200);
+    CHECK_THAT(r.head, Catch::Contains("Content-Type: text/plain; version=0.0.4"));
+    const std::string samples = parsed_samples(r.body);
+    INFO(samples);
+    // The parser drops the _total suffix from a counter family's name, not
+    // from its samples.
+    CHECK(sample_value(samples, "shardd_connections_accepted_total{shard=0}") == 5);
+    CHECK(sample_value(samples, "shardd_received_bytes_total{shard=0}") == 5000);
+    CHECK(sample_value(samples, "shardd_sent_bytes_total{shard=0}") == 5000);
+    CHECK(sample_value(samples, "shardd_shard_up{shard=0}") == 1);
+    CHECK(sample_value(samples, "shardd_ready{}") == 1);
+    CHECK(sample_value(samples, "shardd_open_fds{}") > 5);
+    CHECK(sample_value(samples, "shardd_resident_memory_bytes{}") > 1e6);
+    CHECK_THAT(samples, Catch::Contains("counter shardd_connections_closed_total{shard=0} 5.0"));
+    CHECK_THAT(samples, Catch::Contains("gauge shardd_build_info{liburing="));
+}
+
+TEST_CASE("/healthz, /readyz, /stats, /config and /", "[admin]") {
+    admin_daemon a;
+    http_response r = get(a.admin, "/healthz");
+    CHECK(r.status == 200);
+    CHECK(r.body == "ok\n");
+    r = get(a.admin, "/readyz");
+    CHECK(r.status == 200);
+    CHECK(r.body == "ready\n");
+    r = get(a.admin, "/stats");
+    CHECK(r.status == 200);
+    CHECK_THAT(r.head, Catch::Contains("Content-Type: application/json"));
+    CHECK_THAT(r.body, Catch::StartsWith("{\"version\":") && Catch::Contains("\"shards\":[{\"shard\":0,\"up\":true"));
+    r = get(a.admin, "/config");
+    CHECK(r.status == 200);
+    CHECK_THAT(r.body, Catch::Contains("[admin]") && Catch::Contains("name = \"e\""));
+    r = get(a.admin, "/?x=1");
+    CHECK(r.status == 200);
+    CHECK_THAT(r.body, Catch::Contains("/metrics"));
+}
+
+TEST_CASE("keep-alive and pipelining: several answers on one connection", "[admin]") {
+    admin_daemon a;
+    socket_fd c(connect_to(a.admin));
+    REQUIRE(send_all(c.get(), "GET /readyz HTTP/1.1\r\nHost: t\r\n\r\n"));
+    CHECK(read_response(c.get()).status == 200);
+    REQUIRE(send_all(c.get(), "HEAD /metrics HTTP/1.1\r\nHost: t\r\n\r\n"));
+    const http_response head = read_response(c.get(), true);
+    CHECK(head.status == 200);
+    CHECK(head.body.empty());
+    // Two requests in one segment, then one more: three answers, in order;
+    // the last asks to close, and the endpoint does.
+    REQUIRE(send_all(c.get(), "GET /healthz HTTP/1.1\r\nHost: t\r\n\r\nGET /nope HTTP/1.1\r\nHost: t\r\n\r\n"
+                              "GET /readyz HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"));
+    std::string all;
+    CHECK(read_to_end(c.get(), all) == 0);
+    const auto first = all.find("HTTP/1.1 200 OK");
+    const auto second = all.find("HTTP/1.1 404 Not Found");
+    const auto third = all.find("HTTP/1.1 200 OK", first + 1);
+    CHECK(first == 0);
+    CHECK(second != std::string::npos);
+    CHECK(third != std::string::npos);
+    CHECK(second < third);
+    CHECK_THAT(all, Catch::EndsWith("ready\n"));
+}
+
+TEST_CASE("refusals: 400, 404, 405, 413, 431; the connection closes after a parse error", "[admin]") {
+    admin_daemon a;
+    CHECK(get(a.admin, "/nope").status == 404);
+    http_response r = request(a.admin, "POST /metrics HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n");
+    CHECK(r.status == 405);
+    CHECK_THAT(r.head, Catch::Contains("Allow: GET, HEAD"));
+    CHECK(request(a.admin, "GET /metrics HTTP/1.1\r\nHost: t\r\nContent-Length: 5\r\n\r\nhello").status == 413);
+    CHECK(request(a.admin, "GET /metrics HTTP/1.1\r\n\r\n").status == 400);  // no Host
+    CHECK(request(a.admin, "GARBAGE\r\n\r\n").status == 400);
+    CHECK(request(a.admin, "GET / HTTP/1.1\r\nHost: t\r\nX: " + std::string(9000, 'x') + "\r\n\r\n").status == 431);
+    // After the refusal, the endpoint closes.
+    socket_fd c(connect_to(a.admin));
+    REQUIRE(send_all(c.get(), "BAD REQUEST LINE HERE\r\n\r\n"));
+    std::string all;
+    CHECK(read_to_end(c.get(), all) == 0);
+    CHECK_THAT(all, Catch::StartsWith("HTTP/1.1 400 Bad Request"));
+    // And it still serves.
+    CHECK(get(a.admin, "/healthz").status == 200);
+}
+
+TEST_CASE("/readyz says draining after SIGTERM while connections finish", "[admin][drain]") {
+    admin_daemon a("shutdown_timeout = \"20s\"\n");
+    socket_fd open(a.d->connect());
+    REQUIRE(echo_check(open.get(), "x") == "");
+    a.d->process().signal(SIGTERM);
+    // The drain waits for `open`; meanwhile the endpoint answers 503.
+    http_response r;
+    const auto deadline = steady::now() + generous;
+    do {
+        r = get(a.admin, "/readyz");
+    } while (r.status == 200 && steady::now() < deadline);
+    CHECK(r.status == 503);
+    CHECK(r.body == "draining\n");
+    CHECK(get(a.admin, "/healthz").status == 200);
+    REQUIRE(close_cleanly(open.get()));
+    const auto done = a.d->process().wait(generous);
+    REQUIRE(done);
+    CHECK(done->exit_code == 0);
+}
+
+TEST_CASE("more admin connections than the limit: the one over it gets 503", "[admin]") {
+    admin_daemon a;
+    std::vector<socket_fd> idle;
+    for (int i = 0; i < 64; ++i) {
+        idle.emplace_back(connect_to(a.admin));
+    }
+    // The endpoint accepts in order: by the time it reaches this one, the
+    // 64 before it are its connections.
+    socket_fd over(connect_to(a.admin));
+    std::string all;
+    CHECK(read_to_end(over.get(), all) == 0);
+    CHECK_THAT(all, Catch::StartsWith("HTTP/1.1 503"));
+    // One of the 64 leaves; a new client is served again.
+    idle.pop_back();
+    http_response r;
+    const auto deadline = steady::now() + generous;
+    do {
+        r = get(a.admin, "/healthz");
+    } while (r.status != 200 && steady::now() < deadline);
+    CHECK(r.status == 200);
+}
+
+TEST_CASE("an admin address already in use stops the start with a reason", "[admin]") {
+    loopback_socket taken(16);
+    temp_file cfg("shardd.toml", echo_config("[admin]\nlisten = \"" + addr(taken.port()) +
+                                                 "\"\n\n[[listener]]\nname = \"e\"\nlisten = [\"127.0.0.1:0\"]\n"
+                                                 "mode = \"echo\"\n",
+                                             cpus_key()));
+    const run_result r = run_shardd({"-c", cfg.path()});
+    CHECK(r.exit_code == 1);
+    CHECK_THAT(r.err, Catch::Contains("admin endpoint: cannot listen on " + addr(taken.port())));
+}
