@@ -337,6 +337,14 @@ task<void> run_shard(shard_plan plan) {
             sweeps.push_back(ex->spawn(idle_sweep(sh, *l)));
         }
     }
+    // The first beat before the shard counts as up: /healthz may be asked
+    // as soon as the daemon is ready, before the beat task has run.
+    if (plan.heartbeat) {
+        plan.heartbeat->steady_ns.store(
+            std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now().time_since_epoch())
+                .count(),
+            std::memory_order_relaxed);
+    }
     started.serving();
     auto heartbeat = ex->spawn(beat(plan.heartbeat, sh.stop_housekeeping));
 

@@ -61,9 +61,8 @@ http_response read_response(int fd, bool head_request = false) {
         if (need != std::string::npos && in.size() >= need) {
             r.body = in.substr(r.head.size() + 2, need - r.head.size() - 2);
             r.status = std::stoi(r.head.substr(9, 3));
-            // Whatever is left belongs to the next response: push it back
-            // for the caller? Not needed: callers read one at a time, and
-            // pipelined answers are read with read_responses().
+            // Callers send one request per read_response(); pipelined
+            // answers are read whole with read_to_end().
             return r;
         }
         pollfd p{fd, POLLIN, 0};

@@ -76,9 +76,10 @@ private:
     std::unique_ptr<daemon_process> _process;
 };
 
-// The number after `label` in wrk's report, 0 when the line is absent (wrk
-// prints "Non-2xx or 3xx responses" and "Socket errors" only when nonzero).
-std::uint64_t wrk_number(const std::string& out, const std::string& pattern) {
+// The number `pattern`'s group captures in `out` (wrk's report, iperf3's
+// JSON), 0 when it is absent (wrk prints "Non-2xx or 3xx responses" only
+// when nonzero).
+std::uint64_t number_after(const std::string& out, const std::string& pattern) {
     std::smatch m;
     if (std::regex_search(out, m, std::regex(pattern))) {
         return std::stoull(m[1].str());
@@ -118,10 +119,10 @@ TEST_CASE("wrk through shardd to nginx's static file: every response 200, no soc
         run_program(find_program("wrk"), {"-t1", "-c32", "-d2s", "--timeout", "10s", url}, std::chrono::seconds(60));
     INFO(r.out << r.err);
     REQUIRE(r.exit_code == 0);
-    const std::uint64_t requests = wrk_number(r.out, R"((\d+) requests in)");
+    const std::uint64_t requests = number_after(r.out, R"((\d+) requests in)");
     WARN("wrk -t1 -c32 -d2s through shardd: " << requests << " requests");
     CHECK(requests > 0);
-    CHECK(wrk_number(r.out, R"(Non-2xx or 3xx responses: (\d+))") == 0);
+    CHECK(number_after(r.out, R"(Non-2xx or 3xx responses: (\d+))") == 0);
     CHECK(r.out.find("Socket errors") == std::string::npos);
     const auto stopped = proxy->stop();
     REQUIRE(stopped);
@@ -157,8 +158,8 @@ TEST_CASE("iperf3 through shardd to iperf3 -s: it completes, and what it sent ar
     INFO(r.out.substr(0, 4000) << r.err);
     REQUIRE(r.exit_code == 0);
     // The end summary: what the client sent and what the server received.
-    const std::uint64_t sent = wrk_number(r.out, R"("sum_sent":\s*\{[^}]*?"bytes":\s*(\d+))");
-    const std::uint64_t received = wrk_number(r.out, R"("sum_received":\s*\{[^}]*?"bytes":\s*(\d+))");
+    const std::uint64_t sent = number_after(r.out, R"("sum_sent":\s*\{[^}]*?"bytes":\s*(\d+))");
+    const std::uint64_t received = number_after(r.out, R"("sum_received":\s*\{[^}]*?"bytes":\s*(\d+))");
     WARN("iperf3 -n 512M through shardd: sent " << sent << " bytes, received " << received);
     CHECK(sent >= (512u << 20));
     // iperf3 -s stops counting when the client's TEST_END comes over the

@@ -49,32 +49,28 @@ bool is_label_name(std::string_view n) noexcept {
     return !n.empty() && n.substr(0, 2) != "__";
 }
 
-std::string escape_label_value(std::string_view v) {
+// The format's escapes: backslash and newline everywhere, the double quote
+// only inside a label value's quotes.
+static std::string escape(std::string_view v, bool quote) {
     std::string out;
     out.reserve(v.size());
     for (char c : v) {
-        switch (c) {
-        case '\\': out += "\\\\"; break;
-        case '"': out += "\\\""; break;
-        case '\n': out += "\\n"; break;
-        default: out += c;
+        if (c == '\\') {
+            out += "\\\\";
+        } else if (c == '\n') {
+            out += "\\n";
+        } else if (c == '"' && quote) {
+            out += "\\\"";
+        } else {
+            out += c;
         }
     }
     return out;
 }
 
-std::string escape_help(std::string_view v) {
-    std::string out;
-    out.reserve(v.size());
-    for (char c : v) {
-        switch (c) {
-        case '\\': out += "\\\\"; break;
-        case '\n': out += "\\n"; break;
-        default: out += c;
-        }
-    }
-    return out;
-}
+std::string escape_label_value(std::string_view v) { return escape(v, true); }
+
+std::string escape_help(std::string_view v) { return escape(v, false); }
 
 void exposition::family(std::string_view name, std::string_view type, std::string_view help) {
     if (!is_metric_name(name)) {
