@@ -408,7 +408,9 @@ TEST_CASE("attack: everything at once, across both listeners", "[echo][attack]")
         ::setsockopt(readers.back().get(), SOL_SOCKET, SO_RCVBUF, &small, sizeof(small));
     }
     std::vector<std::size_t> flooded;
-    REQUIRE(flood_until_stalled(readers, pattern(16 << 20, 2), flooded, std::chrono::seconds(2),
+    // A stall of 500 ms: well inside the 2 s idle_timeout, whose sweep may
+    // close a stalled reader 1.5 s after the daemon's last receive.
+    REQUIRE(flood_until_stalled(readers, pattern(16 << 20, 2), flooded, std::chrono::milliseconds(500),
                                 steady::now() + std::chrono::seconds(60)));
     check_served("after 6 slow readers stalled", 20);
 

@@ -76,7 +76,11 @@ void reset_connection(socket_fd& s);
 // Clients that write and never read: each sends (non-blocking) until its
 // window closes, at most `data.size()` bytes. Returns once no socket has been
 // writable for `stall` (all windows closed) or at `deadline`; counts what
-// each sent into `sent`. Returns whether all stalled.
+// each sent into `sent`. Returns whether all stalled. Against a daemon with
+// an idle_timeout, keep `stall` well under it: the daemon's idle clock starts
+// at its last receive, before this one's last send, and a hog it closes
+// during the wait (its sweep closes after 3/4 to 4/4 of idle_timeout) counts
+// as a failure here.
 bool flood_until_stalled(const std::vector<socket_fd>& hogs, const std::string& data, std::vector<std::size_t>& sent,
                          std::chrono::milliseconds stall, steady::time_point deadline);
 
