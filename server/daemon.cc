@@ -6,6 +6,7 @@
 #include "server/logging.hh"
 #include "server/sd_notify.hh"
 #include "server/shard_service.hh"
+#include "server/watchdog.hh"
 
 #include "reactor/executor_pool.hh"
 #include "reactor/io.hh"
@@ -17,6 +18,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <latch>
+#include <optional>
 #include <poll.h>
 #include <pthread.h>
 #include <spdlog/spdlog.h>
@@ -251,7 +253,7 @@ int run_daemon(config::config cfg, const cpu_set& cpus, const daemon_options& op
         upstreams.push_back(std::make_unique<proxy::upstream_shared>(up, shards));
     }
     std::vector<shard_counters> counters(shards);
-    std::vector<admin::shard_heartbeat> heartbeats(shards);
+    std::vector<shard_heartbeat> heartbeats(shards);
     std::string ring_flags;
     std::atomic<admin::daemon_phase> phase{admin::daemon_phase::starting};
     std::vector<std::string> errors(shards);
@@ -304,33 +306,57 @@ int run_daemon(config::config cfg, const cpu_set& cpus, const daemon_options& op
         spdlog::info("admin endpoint: listening on {} (/metrics /healthz /readyz /stats /config)",
                      admin_endpoint->address().to_string());
     }
+    // systemd's watchdog, when the unit has WatchdogSec=: the first ping
+    // comes half an interval after READY=1.
+    std::optional<service_watchdog> watchdog = service_watchdog::from_environment();
+    if (watchdog) {
+        spdlog::info("watchdog: WATCHDOG=1 every {} ms while every shard runs (WatchdogSec={} ms)",
+                     std::chrono::duration_cast<std::chrono::milliseconds>(watchdog->interval() / 2).count(),
+                     std::chrono::duration_cast<std::chrono::milliseconds>(watchdog->interval()).count());
+    }
+
     phase = admin::daemon_phase::ready;
     spdlog::info("ready: {} shard{} running", (*pool)->size(), (*pool)->size() == 1 ? "" : "s");
     sd_notify("READY=1\nSTATUS=serving on " + std::to_string((*pool)->size()) +
               " shards\nMAINPID=" + std::to_string(getpid()));
 
-    // Until a stop signal: signals. Then, while the shards drain: signals
-    // (a second SIGTERM/SIGINT stops at once) and the shards' exits.
+    // Until a stop signal: signals and the watchdog's checks. Then, while the
+    // shards drain: also the shards' exits (a second SIGTERM/SIGINT stops at
+    // once).
     int status = exit_ok;
     bool draining = false;
     std::chrono::steady_clock::time_point drain_deadline{};
     std::uint64_t shards_done = 0;
     while (shards_done < shards) {
         pollfd fds[2] = {{sfd, POLLIN, 0}, {signals.done, POLLIN, 0}};
-        int timeout_ms = -1;
+        std::optional<std::chrono::steady_clock::time_point> wake;
         if (draining) {
-            const auto left = drain_deadline - std::chrono::steady_clock::now();
+            wake = drain_deadline;
+        }
+        if (watchdog && (!wake || watchdog->next_check() < *wake)) {
+            wake = watchdog->next_check();
+        }
+        int timeout_ms = -1;
+        if (wake) {
+            const auto left = *wake - std::chrono::steady_clock::now();
             timeout_ms =
                 static_cast<int>(std::max<std::int64_t>(0, std::chrono::ceil<std::chrono::milliseconds>(left).count()));
         }
         const int ready = poll(fds, draining ? 2 : 1, timeout_ms);
-        if (ready == 0) {
+        const auto now = std::chrono::steady_clock::now();
+        if (watchdog && now >= watchdog->next_check()) {
+            watchdog->check(heartbeats, draining);
+        }
+        if (draining && now >= drain_deadline) {
             // A shard that has not ended by now is stuck: its own drain is
             // bounded by shutdown_timeout plus drain_abort_bound.
             spdlog::error("shards did not finish draining within shutdown_timeout + {}; stopping them",
                           config::format_duration(main_drain_grace));
             status = exit_failure;
             break;
+        }
+        if (ready == 0) {
+            continue;
         }
         if (ready < 0) {
             if (errno == EINTR) {

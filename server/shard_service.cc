@@ -274,16 +274,13 @@ std::string shard_counters::summary() const {
 // The shard's sign of life for /healthz and the watchdog: a timestamp every
 // heartbeat_period, until the drain's housekeeping stop. A task that holds
 // the shard's loop (a stall) delays the beat, which is the point.
-task<void> beat(admin::shard_heartbeat* hb, abort_source& stop) {
+task<void> beat(shard_heartbeat* hb, abort_source& stop) {
     if (!hb) {
         co_return;
     }
     while (true) {
-        hb->steady_ns.store(
-            std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now().time_since_epoch())
-                .count(),
-            std::memory_order_relaxed);
-        sleep_op s = sleep_for(admin::heartbeat_period, stop);
+        hb->beat();
+        sleep_op s = sleep_for(heartbeat_period, stop);
         if (!co_await s) {
             co_return;
         }
@@ -340,10 +337,7 @@ task<void> run_shard(shard_plan plan) {
     // The first beat before the shard counts as up: /healthz may be asked
     // as soon as the daemon is ready, before the beat task has run.
     if (plan.heartbeat) {
-        plan.heartbeat->steady_ns.store(
-            std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now().time_since_epoch())
-                .count(),
-            std::memory_order_relaxed);
+        plan.heartbeat->beat();
     }
     started.serving();
     auto heartbeat = ex->spawn(beat(plan.heartbeat, sh.stop_housekeeping));

@@ -7,8 +7,8 @@
 // connection count (listener_shared, once per accept and close).
 
 #include "config/config.hh"
-#include "server/admin/admin_server.hh"
 #include "server/counters.hh"
+#include "server/heartbeat.hh"
 #include "server/listeners.hh"
 #include "server/proxy/upstream.hh"
 
@@ -34,8 +34,8 @@ struct shard_plan {
     // Counted down once the shard serves (or failed to start: `error`).
     std::latch* up = nullptr;
     std::string* error = nullptr;
-    // Written every admin::heartbeat_period while the shard's loop runs.
-    admin::shard_heartbeat* heartbeat = nullptr;
+    // Written every heartbeat_period while the shard's loop runs.
+    shard_heartbeat* heartbeat = nullptr;
     // Shard 0 writes its main ring's flags here before it counts `up` down.
     std::string* ring_flags = nullptr;
 };

@@ -18,6 +18,7 @@
 
 #include "config/config.hh"
 #include "server/counters.hh"
+#include "server/heartbeat.hh"
 #include "server/proxy/upstream.hh"
 
 #include "reactor/expected.hh"
@@ -44,18 +45,6 @@ inline constexpr auto keep_alive_timeout = std::chrono::seconds(75);
 // Admin connections at once; more are answered 503 and closed. Scrapers,
 // health checks and an operator's curl: a handful.
 inline constexpr std::size_t max_admin_connections = 64;
-
-// A shard's sign of life, written by the shard every heartbeat_period and
-// read by the admin thread. alignas(64): each shard writes its own line.
-struct alignas(64) shard_heartbeat {
-    std::atomic<std::int64_t> steady_ns{0};
-};
-// How often a shard beats, and how late a beat may be before /healthz calls
-// the shard stuck. A shard's loop never runs a task longer than the stall
-// threshold (50 ms) without yielding, so 10 periods is a stuck shard, not a
-// busy one.
-inline constexpr auto heartbeat_period = std::chrono::milliseconds(100);
-inline constexpr auto heartbeat_late = std::chrono::seconds(1);
 
 enum class daemon_phase : int { starting, ready, draining };
 

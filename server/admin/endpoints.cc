@@ -59,11 +59,6 @@ constexpr std::array counter_fields{
                   &shard_counters::log_suppressed},
 };
 
-std::int64_t steady_ns() {
-    return std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now().time_since_epoch())
-        .count();
-}
-
 std::size_t open_fds() {
     std::size_t n = 0;
     if (DIR* d = opendir("/proc/self/fd")) {
@@ -105,16 +100,7 @@ const char* reason_phrase(int status) {
 }  // namespace
 
 std::vector<unsigned> late_shards(const admin_sources& src) {
-    std::vector<unsigned> late;
-    const std::int64_t now = steady_ns();
-    const std::int64_t bound = std::chrono::duration_cast<std::chrono::nanoseconds>(heartbeat_late).count();
-    for (std::size_t i = 0; i < src.heartbeats->size(); ++i) {
-        const std::int64_t beat = (*src.heartbeats)[i].steady_ns.load(std::memory_order_relaxed);
-        if (beat == 0 || now - beat > bound) {
-            late.push_back(static_cast<unsigned>(i));
-        }
-    }
-    return late;
+    return server::late_shards(*src.heartbeats, heartbeat_late);
 }
 
 std::string metrics_text(const admin_sources& src) {
