@@ -242,7 +242,16 @@ int run_daemon(config::config cfg, const cpu_set& cpus, const daemon_options& op
         spdlog::critical("eventfd: {}", std::strerror(errno));
         return exit_failure;
     }
-    auto listeners = bind_listeners(cfg, shards);
+    auto inherited = take_inherited_sockets();
+    if (!inherited) {
+        spdlog::critical("{}", inherited.error());
+        return exit_failure;
+    }
+    if (!inherited->empty()) {
+        spdlog::info("socket activation: {} socket{} from systemd", inherited->size(),
+                     inherited->size() == 1 ? "" : "s");
+    }
+    auto listeners = bind_listeners(cfg, shards, *inherited);
     if (!listeners) {
         spdlog::critical("{}", listeners.error());
         return exit_failure;

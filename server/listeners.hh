@@ -6,9 +6,10 @@
 // Every shard gets its own socket on the same address (SO_REUSEPORT): the
 // kernel hashes each new connection to one of them, and that shard alone
 // serves it. Port 0 (tests): the first socket binds, the others take the
-// port it got.
+// port it got. Under socket activation shard 0 takes systemd's socket.
 
 #include "config/config.hh"
+#include "server/socket_activation.hh"
 
 #include "reactor/owned_fd.hh"
 
@@ -35,8 +36,12 @@ struct bound_listener {
     std::unique_ptr<listener_shared> shared = std::make_unique<listener_shared>();
 };
 
-// Binds every listener on `shards` sockets per address. On failure says
-// which listener and address failed (what it opened is closed with it).
-expected<std::vector<bound_listener>, std::string> bind_listeners(const config::config& cfg, std::size_t shards);
+// Binds every listener on `shards` sockets per address. A socket systemd
+// passed (socket_activation.hh) that matches an address, or is named after
+// the listener, serves as shard 0's; the others bind beside it. Sockets that
+// match no listener are closed, with a warning. On failure says which
+// listener and address failed (what it opened is closed with it).
+expected<std::vector<bound_listener>, std::string> bind_listeners(const config::config& cfg, std::size_t shards,
+                                                                  std::vector<inherited_socket>& inherited);
 
 }  // namespace shardd::server

@@ -1,7 +1,8 @@
 // The shipped systemd units, checked by systemd's own tools: the service's
 // exposure under `systemd-analyze security` (at most 2.0, "OK"), and
-// `systemd-analyze verify` with nothing to say. Skipped where systemd-analyze
-// is not installed (.ci/install-deps installs it).
+// `systemd-analyze verify` with nothing to say, for it and for the socket
+// unit. Skipped where systemd-analyze is not installed (.ci/install-deps
+// installs it).
 #include "tests/support/process.hh"
 
 #include <catch2/catch.hpp>
@@ -57,11 +58,20 @@ TEST_CASE("systemd-analyze verify: the units have nothing to complain about", "[
         WARN("systemd-analyze is not installed: skipped");
         return;
     }
-    for (const char* name : {"shardd.service"}) {
+    // Both in one directory: the socket unit names the service.
+    const auto service = unit_under_test("shardd.service");
+    const std::string dir = std::filesystem::path(service->path()).parent_path().string();
+    std::string socket_unit = read_file(source_path("systemd/shardd.socket"));
+    REQUIRE(!socket_unit.empty());
+    {
+        std::ofstream out(dir + "/shardd.socket");
+        out << socket_unit;
+    }
+    for (const char* name : {"shardd.service", "shardd.socket"}) {
         INFO(name);
-        const auto unit = unit_under_test(name);
-        const run_result r = run_program(analyze, {"verify", unit->path()});
+        const run_result r = run_program(analyze, {"verify", dir + "/" + name});
         CHECK(r.err == "");
         CHECK(r.exit_code == 0);
     }
+    std::filesystem::remove(dir + "/shardd.socket");
 }
