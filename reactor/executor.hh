@@ -84,6 +84,8 @@ public:
                                         std::optional<nanoseconds> latency = std::nullopt);
     task_queue_handle default_queue() const noexcept { return {0}; }
     const task_queue_stats& stats(task_queue_handle q) const { return _queues[q.index]->stats; }
+    // Queues created so far; handles are 0 .. queue_count() - 1.
+    std::size_t queue_count() const noexcept { return _queues.size(); }
 
     // Starts `t` as a task of its own on queue `q` (or the current queue).
     template <typename T>

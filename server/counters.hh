@@ -17,6 +17,8 @@ public:
     void add(std::uint64_t n = 1) noexcept {
         _v.store(_v.load(std::memory_order_relaxed) + n, std::memory_order_relaxed);
     }
+    // For copies of a count kept elsewhere, and gauges.
+    void set(std::uint64_t v) noexcept { _v.store(v, std::memory_order_relaxed); }
     std::uint64_t get() const noexcept { return _v.load(std::memory_order_relaxed); }
 
 private:

@@ -263,6 +263,7 @@ int run_daemon(config::config cfg, const cpu_set& cpus, const daemon_options& op
     }
     std::vector<shard_counters> counters(shards);
     std::vector<shard_heartbeat> heartbeats(shards);
+    std::vector<reactor_stats> reactors(shards);
     std::string ring_flags;
     std::atomic<admin::daemon_phase> phase{admin::daemon_phase::starting};
     std::vector<std::string> errors(shards);
@@ -279,6 +280,7 @@ int run_daemon(config::config cfg, const cpu_set& cpus, const daemon_options& op
         plan.up = &shards_up;
         plan.error = &errors[id];
         plan.heartbeat = &heartbeats[id];
+        plan.reactor = &reactors[id];
         plan.ring_flags = id == 0 ? &ring_flags : nullptr;
         return shard_main(plan);
     });
@@ -302,6 +304,7 @@ int run_daemon(config::config cfg, const cpu_set& cpus, const daemon_options& op
         src.cfg = &cfg;
         src.counters = &counters;
         src.heartbeats = &heartbeats;
+        src.reactors = &reactors;
         src.phase = &phase;
         src.started = process_start;
         src.ring_flags = ring_flags;

@@ -273,13 +273,17 @@ std::string shard_counters::summary() const {
 
 // The shard's sign of life for /healthz and the watchdog: a timestamp every
 // heartbeat_period, until the drain's housekeeping stop. A task that holds
-// the shard's loop (a stall) delays the beat, which is the point.
-task<void> beat(shard_heartbeat* hb, abort_source& stop) {
-    if (!hb) {
-        co_return;
-    }
+// the shard's loop (a stall) delays the beat, which is the point. Each beat
+// also publishes the reactor's counters for the admin endpoint.
+task<void> beat(shard_heartbeat* hb, reactor_stats* stats, const shard_state& sh, abort_source& stop) {
+    executor* ex = executor::current();
     while (true) {
-        hb->beat();
+        if (hb) {
+            hb->beat();
+        }
+        if (stats) {
+            stats->publish(*ex, sh.buffers.get());
+        }
         sleep_op s = sleep_for(heartbeat_period, stop);
         if (!co_await s) {
             co_return;
@@ -340,7 +344,7 @@ task<void> run_shard(shard_plan plan) {
         plan.heartbeat->beat();
     }
     started.serving();
-    auto heartbeat = ex->spawn(beat(plan.heartbeat, sh.stop_housekeeping));
+    auto heartbeat = ex->spawn(beat(plan.heartbeat, plan.reactor, sh, sh.stop_housekeeping));
 
     std::uint64_t signalled = 0;
     auto r = co_await read(plan.drain_fd, &signalled, sizeof(signalled), 0);

@@ -11,6 +11,7 @@
 #include "server/heartbeat.hh"
 #include "server/listeners.hh"
 #include "server/proxy/upstream.hh"
+#include "server/reactor_stats.hh"
 
 #include "reactor/task.hh"
 
@@ -36,6 +37,8 @@ struct shard_plan {
     std::string* error = nullptr;
     // Written every heartbeat_period while the shard's loop runs.
     shard_heartbeat* heartbeat = nullptr;
+    // Published with each heartbeat, for the admin endpoint.
+    reactor_stats* reactor = nullptr;
     // Shard 0 writes its main ring's flags here before it counts `up` down.
     std::string* ring_flags = nullptr;
 };

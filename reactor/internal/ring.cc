@@ -221,11 +221,13 @@ io_uring_sqe* ring::get_sqe(unsigned need) {
 
 int ring::submit() {
     if (_ring.flags & IORING_SETUP_DEFER_TASKRUN) {
+        ++_enters;
         return io_uring_submit_and_get_events(&_ring);
     }
     if (io_uring_sq_ready(&_ring) == 0 && !(_ring.flags & IORING_SETUP_IOPOLL)) {
         return 0;
     }
+    ++_enters;
     if (_ring.flags & IORING_SETUP_IOPOLL) {
         // IOPOLL completions appear only while someone polls for them.
         return io_uring_submit_and_get_events(&_ring);
@@ -233,7 +235,10 @@ int ring::submit() {
     return io_uring_submit(&_ring);
 }
 
-int ring::submit_and_wait() { return io_uring_submit_and_wait(&_ring, 1); }
+int ring::submit_and_wait() {
+    ++_enters;
+    return io_uring_submit_and_wait(&_ring, 1);
+}
 
 unsigned ring::reap() {
     unsigned count = 0;
@@ -249,6 +254,7 @@ unsigned ring::reap() {
             --_in_flight;
         }
         ++count;
+        ++_cqes_reaped;
         if (c != nullptr) {
             _reaping = true;
             c->fn(c, res, flags);

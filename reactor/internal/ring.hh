@@ -110,6 +110,14 @@ public:
     // Hands every ready CQE to its completion; returns how many.
     unsigned reap();
 
+    // Counters, for stats (read on the ring's own thread; a shard publishes
+    // them for other threads). enters() counts the io_uring_enter(2) calls
+    // submit() and submit_and_wait() make: liburing enters on a submit only
+    // when there is something to submit, except with GETEVENTS (DEFER_TASKRUN
+    // and IOPOLL rings, and a wait with no CQE ready), which always enters.
+    std::uint64_t enters() const noexcept { return _enters; }
+    std::uint64_t cqes_reaped() const noexcept { return _cqes_reaped; }
+
     // Queues `a` (once, however often it is deferred before it runs).
     void defer(deferred_action* a) noexcept {
         if (a->queued) {
@@ -153,6 +161,8 @@ private:
     bool _ring_fd_registered = false;
     bool _reaping = false;  // inside a completion callback
     std::size_t _in_flight = 0;
+    std::uint64_t _enters = 0;
+    std::uint64_t _cqes_reaped = 0;
     deferred_action* _deferred_head = nullptr;
     deferred_action* _deferred_tail = nullptr;
 };

@@ -20,6 +20,7 @@
 #include "server/counters.hh"
 #include "server/heartbeat.hh"
 #include "server/proxy/upstream.hh"
+#include "server/reactor_stats.hh"
 
 #include "reactor/expected.hh"
 #include "reactor/socket_address.hh"
@@ -53,6 +54,7 @@ struct admin_sources {
     const config::config* cfg = nullptr;
     const std::vector<shard_counters>* counters = nullptr;
     const std::vector<shard_heartbeat>* heartbeats = nullptr;
+    const std::vector<reactor_stats>* reactors = nullptr;
     const std::atomic<daemon_phase>* phase = nullptr;
     std::chrono::system_clock::time_point started;
     std::string ring_flags;  // shard 0's main ring, as logged at start

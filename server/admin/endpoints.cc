@@ -59,6 +59,36 @@ constexpr std::array counter_fields{
                   &shard_counters::log_suppressed},
 };
 
+// The reactor's counters, as each shard publishes them with its heartbeat
+// (server/reactor_stats.hh): at most 100 ms old.
+struct reactor_field {
+    const char* metric;
+    const char* json;
+    const char* help;
+    shard_counter reactor_stats::*member;
+};
+constexpr std::array reactor_fields{
+    reactor_field{"reactor_parks_total", "parks", "Times the shard's loop had nothing to do and slept in the kernel.",
+                  &reactor_stats::parks},
+    reactor_field{"reactor_eventfd_wakeups_total", "eventfd_wakeups",
+                  "Times another thread woke the sleeping shard through its eventfd.", &reactor_stats::eventfd_wakeups},
+    reactor_field{"reactor_stalls_total", "stalls",
+                  "Task slices that held the shard's CPU longer than runtime.stall_threshold (each one logged).",
+                  &reactor_stats::stalls},
+};
+constexpr std::array queue_fields{
+    std::pair{"task_queue_tasks_run_total", &reactor_stats::queue_stats::tasks_run},
+    std::pair{"task_queue_slices_total", &reactor_stats::queue_stats::slices},
+    std::pair{"task_queue_preemptions_total", &reactor_stats::queue_stats::preempted},
+};
+constexpr std::array queue_help{
+    "Coroutine resumptions in the task queue.",
+    "Times the scheduler picked the task queue.",
+    "Slices of the task queue cut short because latency-sensitive work was waiting.",
+};
+
+double seconds_of(std::uint64_t ns) { return static_cast<double>(ns) / 1e9; }
+
 std::size_t open_fds() {
     std::size_t n = 0;
     if (DIR* d = opendir("/proc/self/fd")) {
@@ -103,6 +133,65 @@ std::vector<unsigned> late_shards(const admin_sources& src) {
     return server::late_shards(*src.heartbeats, heartbeat_late);
 }
 
+namespace {
+
+void reactor_metrics(exposition& e, const std::vector<reactor_stats>& reactors,
+                     const std::vector<std::string>& shard_names) {
+    e.family("shardd_io_uring_enter_total", "counter",
+             "io_uring_enter(2) calls, by ring: main (sockets, timers), latency (latency-class tasks), poll (IOPOLL).");
+    for (std::size_t i = 0; i < reactors.size(); ++i) {
+        for (std::size_t r = 0; r < ring_names.size(); ++r) {
+            e.sample("shardd_io_uring_enter_total", {{"shard", shard_names[i]}, {"ring", ring_names[r]}},
+                     reactors[i].rings[r].enters.get());
+        }
+    }
+    e.family("shardd_io_uring_cqes_total", "counter", "Completions reaped, by ring.");
+    for (std::size_t i = 0; i < reactors.size(); ++i) {
+        for (std::size_t r = 0; r < ring_names.size(); ++r) {
+            e.sample("shardd_io_uring_cqes_total", {{"shard", shard_names[i]}, {"ring", ring_names[r]}},
+                     reactors[i].rings[r].cqes.get());
+        }
+    }
+    for (const reactor_field& f : reactor_fields) {
+        const std::string name = std::string("shardd_") + f.metric;
+        e.family(name, "counter", f.help);
+        for (std::size_t i = 0; i < reactors.size(); ++i) {
+            e.sample(name, {{"shard", shard_names[i]}}, (reactors[i].*f.member).get());
+        }
+    }
+    e.family("shardd_recv_buffers_free", "gauge", "Free buffers in the shard's receive buffer ring.");
+    for (std::size_t i = 0; i < reactors.size(); ++i) {
+        e.sample("shardd_recv_buffers_free", {{"shard", shard_names[i]}}, reactors[i].free_buffers.get());
+    }
+    e.family("shardd_recv_buffers", "gauge", "Buffers in the shard's receive buffer ring (runtime.recv_buffers).");
+    for (std::size_t i = 0; i < reactors.size(); ++i) {
+        e.sample("shardd_recv_buffers", {{"shard", shard_names[i]}}, reactors[i].total_buffers.get());
+    }
+    // Per task queue: names come with the count (reactor_stats.hh).
+    auto each_queue = [&](auto&& fn) {
+        for (std::size_t i = 0; i < reactors.size(); ++i) {
+            const unsigned n = reactors[i].queue_count.load(std::memory_order_acquire);
+            for (unsigned q = 0; q < n; ++q) {
+                fn(i, std::string_view(reactors[i].queues[q].name.data()), reactors[i].queues[q]);
+            }
+        }
+    };
+    e.family("shardd_task_queue_runtime_seconds_total", "counter", "CPU time the scheduler gave the task queue.");
+    each_queue([&](std::size_t i, std::string_view name, const reactor_stats::queue_stats& q) {
+        e.sample("shardd_task_queue_runtime_seconds_total", {{"shard", shard_names[i]}, {"queue", name}},
+                 seconds_of(q.runtime_ns.get()));
+    });
+    for (std::size_t f = 0; f < queue_fields.size(); ++f) {
+        const std::string metric = std::string("shardd_") + queue_fields[f].first;
+        e.family(metric, "counter", queue_help[f]);
+        each_queue([&](std::size_t i, std::string_view name, const reactor_stats::queue_stats& q) {
+            e.sample(metric, {{"shard", shard_names[i]}, {"queue", name}}, (q.*queue_fields[f].second).get());
+        });
+    }
+}
+
+}  // namespace
+
 std::string metrics_text(const admin_sources& src) {
     exposition e;
     e.family("shardd_build_info", "gauge", "Always 1; the labels say what runs.");
@@ -140,8 +229,43 @@ std::string metrics_text(const admin_sources& src) {
             e.sample(name, {{"shard", shard_names[i]}}, ((*src.counters)[i].*f.member).get());
         }
     }
+    if (src.reactors) {
+        reactor_metrics(e, *src.reactors, shard_names);
+    }
     return e.take();
 }
+
+namespace {
+
+// One shard's reactor counters as JSON members (",\"reactor\":{...}").
+std::string reactor_json(const reactor_stats& r) {
+    std::string out = ",\"reactor\":{\"rings\":{";
+    for (std::size_t k = 0; k < ring_names.size(); ++k) {
+        out += (k ? ",\"" : "\"") + std::string(ring_names[k]) +
+               "\":{\"enters\":" + std::to_string(r.rings[k].enters.get()) +
+               ",\"cqes\":" + std::to_string(r.rings[k].cqes.get()) + "}";
+    }
+    out += "}";
+    for (const reactor_field& f : reactor_fields) {
+        out += ",\"" + std::string(f.json) + "\":" + std::to_string((r.*f.member).get());
+    }
+    out += ",\"recv_buffers_free\":" + std::to_string(r.free_buffers.get()) +
+           ",\"recv_buffers\":" + std::to_string(r.total_buffers.get()) + ",\"queues\":[";
+    const unsigned n = r.queue_count.load(std::memory_order_acquire);
+    for (unsigned q = 0; q < n; ++q) {
+        const auto& qs = r.queues[q];
+        // Queue names are the program's own ("default"), never a peer's:
+        // plain characters, no escaping needed.
+        out += (q ? ",{" : "{") + std::string("\"name\":\"") + qs.name.data() +
+               "\",\"runtime_seconds\":" + std::to_string(seconds_of(qs.runtime_ns.get())) +
+               ",\"tasks_run\":" + std::to_string(qs.tasks_run.get()) +
+               ",\"slices\":" + std::to_string(qs.slices.get()) +
+               ",\"preemptions\":" + std::to_string(qs.preempted.get()) + "}";
+    }
+    return out + "]}";
+}
+
+}  // namespace
 
 std::string stats_json(const admin_sources& src) {
     std::string out =
@@ -157,6 +281,9 @@ std::string stats_json(const admin_sources& src) {
                ",\"active\":" + std::to_string(c.active());
         for (const counter_field& f : counter_fields) {
             out += ",\"" + std::string(f.json) + "\":" + std::to_string((c.*f.member).get());
+        }
+        if (src.reactors) {
+            out += reactor_json((*src.reactors)[i]);
         }
         out += "}";
     }
