@@ -7,6 +7,8 @@
 
 #include <cstdio>
 #include <iostream>
+#include <spdlog/sinks/stdout_color_sinks.h>
+#include <spdlog/spdlog.h>
 #include <sstream>
 #include <sys/resource.h>
 #include <sys/utsname.h>
@@ -46,6 +48,9 @@ std::string size_text(const options& o) {
 }  // namespace
 
 int main(int argc, char** argv) {
+    // The reactor logs (a stalled slice, on a loaded machine) go to stderr:
+    // stdout carries the report alone, which --json makes machine-read.
+    spdlog::set_default_logger(spdlog::stderr_color_mt("shardd-bench"));
     auto parsed = parse_options(argc, argv);
     if (!parsed.opts) {
         return parsed.exit_code;

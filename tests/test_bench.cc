@@ -137,8 +137,9 @@ TEST_CASE("a correct echo server: every byte verified, exit 0, JSON report", "[b
 }
 
 TEST_CASE("a flipped byte is a verification error and exit 1", "[bench]") {
+    // One message holds the fault: no wall-clock race on a loaded machine.
     echo_server server(fault::flip_byte, 10000);
-    auto r = bench({"-c", "1"}, server.address());
+    auto r = bench({"-c", "1", "--size", "32KiB"}, server.address());
     CHECK(r.exit_code == 1);
     CHECK(json_number(r.out, "verification_errors") == 1);
     CHECK_THAT(r.err, Catch::Contains("verification failed at byte 10000"));
@@ -146,14 +147,14 @@ TEST_CASE("a flipped byte is a verification error and exit 1", "[bench]") {
 
 TEST_CASE("a dropped byte is a verification error and exit 1", "[bench]") {
     echo_server server(fault::drop_byte, 5000);
-    auto r = bench({"-c", "1", "--size", "100"}, server.address());
+    auto r = bench({"-c", "1", "--size", "8KiB"}, server.address());
     CHECK(r.exit_code == 1);
     CHECK(json_number(r.out, "verification_errors") == 1);
 }
 
 TEST_CASE("a server that dies mid-run gives a clear error, not a hang", "[bench]") {
     echo_server server(fault::die, 20000);
-    auto r = bench({"-c", "1"}, server.address());
+    auto r = bench({"-c", "1", "--size", "32KiB"}, server.address());
     INFO(r.err);
     CHECK(json_number(r.out, "early_closes") == 1);
     CHECK_THAT(r.err, Catch::Contains("the server closed the connection"));
@@ -161,7 +162,7 @@ TEST_CASE("a server that dies mid-run gives a clear error, not a hang", "[bench]
 
 TEST_CASE("a server that stops answering: the run ends on time, exit 1, says so", "[bench]") {
     echo_server server(fault::mute, 20000);
-    auto r = bench({"-c", "2"}, server.address());
+    auto r = bench({"-c", "2", "--size", "32KiB"}, server.address());
     INFO(r.err);
     CHECK(r.exit_code == 1);
     CHECK(json_number(r.out, "unanswered") >= 1);
