@@ -51,16 +51,22 @@ struct runtime_config {
     // size, this many (a power of two, the kernel's limit is 32768).
     std::uint64_t recv_buffer_size = 16 * KiB;
     std::uint32_t recv_buffers = 1024;
+
+    bool operator==(const runtime_config&) const = default;
 };
 
 struct log_config {
     log_level level = log_level::info;
     log_format format = log_format::text;
+
+    bool operator==(const log_config&) const = default;
 };
 
 struct admin_config {
     // Absent: no admin endpoint.
     std::optional<socket_address> listen;
+
+    bool operator==(const admin_config&) const = default;
 };
 
 struct listener_config {
@@ -87,6 +93,8 @@ struct listener_config {
     // a long response after the client's FIN, and bounds how long a peer
     // that never sends its own FIN holds a connection.
     duration half_close_timeout = 60s;
+
+    bool operator==(const listener_config&) const = default;
 };
 
 struct upstream_server {
@@ -96,6 +104,8 @@ struct upstream_server {
     // Open connections to this server over all shards together; 0 is no
     // limit. A client over it waits in the upstream's queue.
     std::uint64_t max_connections = 0;
+
+    bool operator==(const upstream_server&) const = default;
 };
 
 struct upstream_config {
@@ -120,6 +130,8 @@ struct upstream_config {
     // is closed at once, counted.
     std::uint32_t max_queue = 1024;
     duration queue_timeout = 5s;
+
+    bool operator==(const upstream_config&) const = default;
 };
 
 struct config {

@@ -3,7 +3,9 @@
 #include "server/admin/admin_server.hh"
 
 #include "server/cli.hh"
+#include "server/live_config.hh"
 #include "server/logging.hh"
+#include "server/reload.hh"
 #include "server/sd_notify.hh"
 #include "server/shard_service.hh"
 #include "server/watchdog.hh"
@@ -125,65 +127,41 @@ void log_settings(const config::config& cfg, const cpu_set& cpus, const std::str
     }
 }
 
-// SIGHUP: read the file again; apply what can change live, keep the running
-// config when the new one is bad.
-void reload(config::config& running, const cpu_set& shard_cpus, const daemon_options& opts) {
-    sd_notify("RELOADING=1\nMONOTONIC_USEC=" + std::to_string(monotonic_usec()));
-    auto allowed = allowed_cpus();
-    auto result = config::load_file(opts.config_path, opts.over, allowed ? *allowed : shard_cpus);
-    for (const auto& d : result.diagnostics) {
-        if (d.level == config::severity::error) {
-            spdlog::error("reload: {}", d.to_string());
-        } else {
-            spdlog::warn("reload: {}", d.to_string());
-        }
-    }
-    if (!result.ok()) {
-        spdlog::error("reload failed: keeping the running configuration");
-    } else {
-        config::config next = std::move(*result.cfg);
-        const bool log_changed = next.log.level != running.log.level || next.log.format != running.log.format;
-        if (log_changed) {
-            setup_logging(next.log.level, next.log.format);
-            running.log = next.log;
-            spdlog::info("reload: log level {}, format {}", config::to_string(running.log.level),
-                         config::to_string(running.log.format));
-        }
-        // Only [log] applies live; say so when the file changed anything else.
-        next.log = running.log;
-        if (config::to_toml(next) != config::to_toml(running)) {
-            spdlog::warn("reload: changes outside [log] take effect on restart");
-        } else if (!log_changed) {
-            spdlog::info("reload: configuration unchanged");
-        }
-    }
-    sd_notify("READY=1");
-}
-
-// eventfds the main thread and the shards signal each other with: one per
-// shard to start its drain, one the shards count their exits on.
-struct drain_signals {
-    std::vector<int> drain;
+// eventfds between the main thread and the shards: each shard's mailbox
+// bell (shard_control::wake_fd), the one the shards count their reload
+// acknowledgements on, and the one they count their exits on.
+struct shard_signals {
+    std::vector<shard_control> controls;
+    int reload_ack = -1;
     int done = -1;
-    ~drain_signals() {
-        for (int fd : drain) {
-            close(fd);
+    explicit shard_signals(std::size_t shards) : controls(shards) {}
+    ~shard_signals() {
+        for (auto& c : controls) {
+            if (c.wake_fd >= 0) {
+                close(c.wake_fd);
+            }
         }
-        if (done >= 0) {
-            close(done);
+        for (int fd : {reload_ack, done}) {
+            if (fd >= 0) {
+                close(fd);
+            }
         }
     }
-    bool create(std::size_t shards) {
+    bool create() {
         done = eventfd(0, EFD_CLOEXEC);
-        for (std::size_t i = 0; i < shards; ++i) {
-            drain.push_back(eventfd(0, EFD_CLOEXEC));
+        reload_ack = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+        bool ok = done >= 0 && reload_ack >= 0;
+        for (auto& c : controls) {
+            c.wake_fd = eventfd(0, EFD_CLOEXEC);
+            ok = ok && c.wake_fd >= 0;
         }
-        return done >= 0 && std::find(drain.begin(), drain.end(), -1) == drain.end();
+        return ok;
     }
-    void start_drain() const {
+    void start_drain() {
         const std::uint64_t one = 1;
-        for (int fd : drain) {
-            if (::write(fd, &one, sizeof(one)) != sizeof(one)) {
+        for (auto& c : controls) {
+            c.drain.store(true, std::memory_order_release);
+            if (::write(c.wake_fd, &one, sizeof(one)) != sizeof(one)) {
                 spdlog::error("cannot signal a shard to drain: {}", std::strerror(errno));
             }
         }
@@ -237,8 +215,8 @@ int run_daemon(config::config cfg, const cpu_set& cpus, const daemon_options& op
     } close_sfd{sfd};
 
     const std::size_t shards = cpus.size();
-    drain_signals signals;
-    if (!signals.create(shards)) {
+    shard_signals signals(shards);
+    if (!signals.create()) {
         spdlog::critical("eventfd: {}", std::strerror(errno));
         return exit_failure;
     }
@@ -251,16 +229,16 @@ int run_daemon(config::config cfg, const cpu_set& cpus, const daemon_options& op
         spdlog::info("socket activation: {} socket{} from systemd", inherited->size(),
                      inherited->size() == 1 ? "" : "s");
     }
-    auto listeners = bind_listeners(cfg, shards, *inherited);
-    if (!listeners) {
-        spdlog::critical("{}", listeners.error());
+    // What runs: the first configuration, and each listener's sockets.
+    const auto boot = std::make_shared<const config::config>(std::move(cfg));
+    live_config live(shards);
+    auto initial = live.prepare(boot, *inherited);
+    if (!initial) {
+        spdlog::critical("{}", initial.error());
         return exit_failure;
     }
+    live.commit();
 
-    std::vector<std::unique_ptr<proxy::upstream_shared>> upstreams;
-    for (const auto& up : cfg.upstreams) {
-        upstreams.push_back(std::make_unique<proxy::upstream_shared>(up, shards));
-    }
     std::vector<shard_counters> counters(shards);
     std::vector<shard_heartbeat> heartbeats(shards);
     std::vector<reactor_stats> reactors(shards);
@@ -268,14 +246,14 @@ int run_daemon(config::config cfg, const cpu_set& cpus, const daemon_options& op
     std::atomic<admin::daemon_phase> phase{admin::daemon_phase::starting};
     std::vector<std::string> errors(shards);
     std::latch shards_up(static_cast<std::ptrdiff_t>(shards));
-    auto pool = executor_pool::start(cpus, builder_from(cfg.runtime), [&](unsigned id) {
+    auto pool = executor_pool::start(cpus, builder_from(boot->runtime), [&](unsigned id) {
         shard_plan plan;
         plan.id = id;
-        plan.cfg = &cfg;
-        plan.listeners = &*listeners;
+        plan.runtime = &boot->runtime;
+        plan.initial = &(*initial)[id];
         plan.counters = &counters[id];
-        plan.upstreams = &upstreams;
-        plan.drain_fd = signals.drain[id];
+        plan.control = &signals.controls[id];
+        plan.reload_ack_fd = signals.reload_ack;
         plan.done_fd = signals.done;
         plan.up = &shards_up;
         plan.error = &errors[id];
@@ -299,16 +277,16 @@ int run_daemon(config::config cfg, const cpu_set& cpus, const daemon_options& op
     // The admin endpoint, before READY: a service manager or orchestrator
     // that probes it once told "ready" finds it there.
     std::unique_ptr<admin::admin_server> admin_endpoint;
-    if (cfg.admin.listen) {
+    if (boot->admin.listen) {
         admin::admin_sources src;
-        src.cfg = &cfg;
+        src.live = &live;
         src.counters = &counters;
         src.heartbeats = &heartbeats;
         src.reactors = &reactors;
         src.phase = &phase;
         src.started = process_start;
         src.ring_flags = ring_flags;
-        auto a = admin::admin_server::start(*cfg.admin.listen, src);
+        auto a = admin::admin_server::start(*boot->admin.listen, src);
         if (!a) {
             spdlog::critical("{}", a.error());
             (*pool)->stop();
@@ -331,6 +309,14 @@ int run_daemon(config::config cfg, const cpu_set& cpus, const daemon_options& op
     spdlog::info("ready: {} shard{} running", (*pool)->size(), (*pool)->size() == 1 ? "" : "s");
     sd_notify("READY=1\nSTATUS=serving on " + std::to_string((*pool)->size()) +
               " shards\nMAINPID=" + std::to_string(getpid()));
+
+    reload_context reload_ctx;
+    reload_ctx.live = &live;
+    reload_ctx.controls = &signals.controls;
+    reload_ctx.ack_fd = signals.reload_ack;
+    reload_ctx.config_path = opts.config_path;
+    reload_ctx.over = opts.over;
+    reload_ctx.shard_cpus = cpus;
 
     // Until a stop signal: signals and the watchdog's checks. Then, while the
     // shards drain: also the shards' exits (a second SIGTERM/SIGINT stops at
@@ -404,18 +390,18 @@ int run_daemon(config::config cfg, const cpu_set& cpus, const daemon_options& op
                 break;
             }
             spdlog::info("SIG{} received: draining (shutdown_timeout {})", sigabbrev_np(sig),
-                         config::format_duration(cfg.runtime.shutdown_timeout));
+                         config::format_duration(boot->runtime.shutdown_timeout));
             sd_notify("STOPPING=1");
             phase = admin::daemon_phase::draining;
             draining = true;
-            drain_deadline = std::chrono::steady_clock::now() + cfg.runtime.shutdown_timeout + main_drain_grace;
+            drain_deadline = std::chrono::steady_clock::now() + boot->runtime.shutdown_timeout + main_drain_grace;
             signals.start_drain();
         } else if (sig == SIGHUP) {
             if (draining) {
                 spdlog::info("SIGHUP received while draining: ignored");
             } else {
                 spdlog::info("SIGHUP received: reloading {}", opts.config_path);
-                reload(cfg, cpus, opts);
+                reload(reload_ctx);
             }
         } else if (sig == SIGUSR1) {
             spdlog::info("SIGUSR1 received: logs go to stderr, nothing to reopen");

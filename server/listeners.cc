@@ -27,11 +27,13 @@ inherited_socket* match(std::vector<inherited_socket>& inherited, const config::
 
 }  // namespace
 
-expected<std::vector<bound_listener>, std::string> bind_listeners(const config::config& cfg, std::size_t shards,
-                                                                  std::vector<inherited_socket>& inherited) {
+expected<std::vector<bound_listener>, std::string>
+bind_listeners(const std::vector<const config::listener_config*>& listeners, std::size_t shards,
+               std::vector<inherited_socket>& inherited) {
     std::vector<bound_listener> out;
     auto fail = [](std::string why) { return unexpected{std::move(why)}; };
-    for (const auto& l : cfg.listeners) {
+    for (const config::listener_config* lp : listeners) {
+        const config::listener_config& l = *lp;
         bound_listener& b = out.emplace_back();
         b.cfg = &l;
         b.fds.resize(shards);

@@ -33,15 +33,16 @@ struct bound_listener {
     const config::listener_config* cfg = nullptr;
     std::vector<socket_address> addresses;   // as bound: port 0 resolved
     std::vector<std::vector<owned_fd>> fds;  // [shard][address]; a shard takes its own
-    std::unique_ptr<listener_shared> shared = std::make_unique<listener_shared>();
+    std::shared_ptr<listener_shared> shared = std::make_shared<listener_shared>();
 };
 
-// Binds every listener on `shards` sockets per address. A socket systemd
+// Binds each of `listeners` on `shards` sockets per address. A socket systemd
 // passed (socket_activation.hh) that matches an address, or is named after
 // the listener, serves as shard 0's; the others bind beside it. Sockets that
 // match no listener are closed, with a warning. On failure says which
 // listener and address failed (what it opened is closed with it).
-expected<std::vector<bound_listener>, std::string> bind_listeners(const config::config& cfg, std::size_t shards,
-                                                                  std::vector<inherited_socket>& inherited);
+expected<std::vector<bound_listener>, std::string>
+bind_listeners(const std::vector<const config::listener_config*>& listeners, std::size_t shards,
+               std::vector<inherited_socket>& inherited);
 
 }  // namespace shardd::server

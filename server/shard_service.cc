@@ -82,7 +82,7 @@ task<void> serve(shard_state& sh, listener_state& l, owned_fd fd, connection_slo
 }
 
 task<void> accept_loop(shard_state& sh, listener_state& l, int lfd) {
-    accept_stream incoming(lfd, &sh.stop_accepting);
+    accept_stream incoming(lfd, &l.stop_accepting);
     nanoseconds backoff{0};
     std::uint64_t backoffs_this_episode = 0;
     unsigned burst = 0;
@@ -105,7 +105,7 @@ task<void> accept_loop(shard_state& sh, listener_state& l, int lfd) {
                 spdlog::warn("listener {}: accept: {}; retrying with back-off up to {} ms", l.cfg->name, ec.message(),
                              std::chrono::duration_cast<std::chrono::milliseconds>(accept_backoff_max).count());
             }
-            co_await sleep_for(backoff, sh.stop_accepting);
+            co_await sleep_for(backoff, l.stop_accepting);
             continue;
         }
         if (backoffs_this_episode > 0) {
@@ -147,22 +147,24 @@ task<void> accept_loop(shard_state& sh, listener_state& l, int lfd) {
     co_await incoming.stop();
 }
 
-// Closes connections with no byte in either direction for idle_timeout.
-task<void> idle_sweep(shard_state& sh, listener_state& l) {
-    // The config's minimum idle_timeout keeps this period well above a
-    // timer's cost (config/reader.cc).
-    const nanoseconds period = l.cfg->idle_timeout / idle_sweeps_per_timeout;
-    while (!sh.stop_housekeeping.abort_requested()) {
+// Closes connections with no byte in either direction for idle_timeout. It
+// takes the listener's idle_timeout afresh every period (a reload may change
+// it), and ends when a reload sets it to 0, or on stop_sweep.
+task<void> idle_sweep(listener_state& l, shard_counters& counters) {
+    l.sweeping = true;
+    while (!l.stop_sweep.abort_requested() && l.cfg->idle_timeout.count() > 0) {
         // Awaitables are named, not temporaries in the conditions: GCC 12
         // miscompiles a co_await of a temporary in an if condition (it traps).
         if (l.count == 0) {
             l.busy.reset();
-            auto first_connection = l.busy.wait(&sh.stop_housekeeping);
+            auto first_connection = l.busy.wait(&l.stop_sweep);
             if (!co_await first_connection) {
                 break;
             }
         }
-        sleep_op tick = sleep_for(period, sh.stop_housekeeping);
+        // The config's minimum idle_timeout keeps this period well above a
+        // timer's cost (config/reader.cc).
+        sleep_op tick = sleep_for(l.cfg->idle_timeout / idle_sweeps_per_timeout, l.stop_sweep);
         if (!co_await tick) {
             break;
         }
@@ -176,10 +178,11 @@ task<void> idle_sweep(shard_state& sh, listener_state& l) {
                 // not read, free buffers) ends; it hands back what it holds
                 // and closes. It unlinks itself later, not under our feet.
                 e->conn->abort();
-                sh.counters->idle_closed.add();
+                counters.idle_closed.add();
             }
         }
     }
+    l.sweeping = false;
 }
 
 // Sets `expired` after `d`, unless `stop` fires first.
@@ -204,19 +207,25 @@ task<bool> wait_drained(shard_state& sh, nanoseconds d) {
     co_return sh.connections == 0;
 }
 
-task<void> drain(shard_state& sh, std::vector<join_handle<void>>& accepts) {
+task<void> drain(shard_state& sh) {
     sh.draining = true;
-    sh.stop_accepting.request_abort();
-    for (auto& a : accepts) {
-        co_await a;
+    for (auto& l : sh.listeners) {
+        l->stop_accepting.request_abort();
     }
     for (auto& l : sh.listeners) {
-        l->fds.clear();  // the listening sockets: new connections are refused
+        // A retiring listener's accept loops are its retirement's to await.
+        if (!l->retiring) {
+            for (auto& a : l->accepts) {
+                co_await a;
+            }
+            l->accepts.clear();
+            l->fds.clear();  // the listening sockets: new connections are refused
+        }
     }
     if (sh.connections > 0) {
         spdlog::info("draining: {} connection{} open, closing them in at most {}", sh.connections,
-                     sh.connections == 1 ? "" : "s", config::format_duration(sh.cfg->runtime.shutdown_timeout));
-        const bool finished = co_await wait_drained(sh, sh.cfg->runtime.shutdown_timeout);
+                     sh.connections == 1 ? "" : "s", config::format_duration(sh.runtime->shutdown_timeout));
+        const bool finished = co_await wait_drained(sh, sh.runtime->shutdown_timeout);
         if (!finished) {
             spdlog::warn("shutdown_timeout: closing {} connection{}", sh.connections, sh.connections == 1 ? "" : "s");
             sh.abort_all();
@@ -227,7 +236,127 @@ task<void> drain(shard_state& sh, std::vector<join_handle<void>>& accepts) {
             }
         }
     }
+    for (auto& l : sh.listeners) {
+        l->stop_sweep.request_abort();
+    }
     sh.stop_housekeeping.request_abort();
+    // Sweeps and retirements; a retirement may erase its listener, so
+    // take the handles first.
+    auto tasks = std::move(sh.housekeeping);
+    for (auto& t : tasks) {
+        co_await t;
+    }
+}
+
+// A listener leaves: it stops accepting and closes its sockets at once;
+// its connections finish (its idle sweep still watches them), and then it
+// goes. The drain ends what is left.
+task<void> retirement(shard_state& sh, listener_state& l) {
+    for (auto& a : l.accepts) {
+        co_await a;
+    }
+    l.accepts.clear();
+    l.fds.clear();
+    if (l.count > 0) {
+        auto none_left = l.empty.wait(&sh.stop_housekeeping);
+        co_await none_left;
+    }
+    l.stop_sweep.request_abort();
+    while (l.sweeping) {
+        co_await yield();
+    }
+    if (l.count == 0) {
+        const auto it = std::find_if(sh.listeners.begin(), sh.listeners.end(),
+                                     [&](const std::unique_ptr<listener_state>& p) { return p.get() == &l; });
+        spdlog::info("listener {}: retired", l.cfg->name);
+        sh.listeners.erase(it);
+    }
+}
+
+void retire(shard_state& sh, listener_state& l) {
+    l.retiring = true;
+    l.stop_accepting.request_abort();
+    if (l.count == 0) {
+        l.empty.set();
+    }
+    sh.housekeeping.push_back(executor::current()->spawn(retirement(sh, l)));
+}
+
+// Takes a listener's settings from `cfg` (new connections use them).
+void configure(shard_state& sh, listener_state& l, const std::shared_ptr<const config::config>& generation,
+               const config::listener_config& cfg) {
+    l.generation = generation;
+    l.cfg = &cfg;
+    l.echo.protocol = cfg.protocol;
+    l.echo.max_pending = cfg.max_pending;
+    l.echo.max_message = cfg.max_message;
+    l.upstream = nullptr;
+    if (cfg.mode == config::listener_mode::proxy) {
+        for (auto& up : sh.upstreams) {
+            if (up->cfg().name == cfg.upstream) {
+                l.upstream = up;
+            }
+        }
+    }
+    if (cfg.idle_timeout.count() > 0 && !l.sweeping) {
+        sh.housekeeping.push_back(executor::current()->spawn(idle_sweep(l, *sh.counters)));
+    }
+}
+
+// Makes the shard serve what `r` says: upstreams first (listeners name
+// them), then every listener, new, changed or retiring.
+void apply(shard_state& sh, shard_reload& r) {
+    std::vector<std::shared_ptr<proxy::upstream_local>> upstreams;
+    for (const auto& gen : r.upstreams) {
+        std::shared_ptr<proxy::upstream_local> local;
+        for (const auto& running : sh.upstreams) {
+            if (&running->shared() == gen.get()) {
+                local = running;
+            }
+        }
+        if (!local) {
+            // A pair proxied by the one it replaces keeps that one alive.
+            local = std::make_shared<proxy::upstream_local>(*gen, sh.id);
+        }
+        upstreams.push_back(std::move(local));
+    }
+    sh.upstreams = std::move(upstreams);
+
+    std::vector<listener_state*> current;
+    for (auto& u : r.listeners) {
+        listener_state* l = nullptr;
+        for (auto& running : sh.listeners) {
+            if (!running->retiring && running->cfg->name == u.cfg->name) {
+                l = running.get();
+            }
+        }
+        if (l && u.rebind) {
+            retire(sh, *l);
+            l = nullptr;
+        }
+        if (!l) {
+            auto fresh = std::make_unique<listener_state>();
+            fresh->shared = u.shared;
+            fresh->fds = std::move(u.fds);
+            l = sh.listeners.emplace_back(std::move(fresh)).get();
+            configure(sh, *l, r.generation, *u.cfg);
+            for (const owned_fd& fd : l->fds) {
+                l->accepts.push_back(executor::current()->spawn(accept_loop(sh, *l, fd.get())));
+            }
+        } else {
+            configure(sh, *l, r.generation, *u.cfg);
+        }
+        current.push_back(l);
+    }
+    std::vector<listener_state*> gone;
+    for (auto& running : sh.listeners) {
+        if (!running->retiring && std::find(current.begin(), current.end(), running.get()) == current.end()) {
+            gone.push_back(running.get());
+        }
+    }
+    for (listener_state* l : gone) {
+        retire(sh, *l);
+    }
 }
 
 // Counts the start-up latch down exactly once: when the shard serves, or on
@@ -295,30 +424,11 @@ task<void> run_shard(shard_plan plan) {
     start_signal started(plan);
     shard_state sh;
     sh.id = plan.id;
-    sh.cfg = plan.cfg;
+    sh.runtime = plan.runtime;
     sh.counters = plan.counters;
     sh.log = std::make_unique<peer_log>(plan.counters->log_suppressed);
     executor* ex = executor::current();
-    const auto& rt = plan.cfg->runtime;
-    // Our listening sockets, whatever happens next.
-    for (auto& b : *plan.listeners) {
-        auto l = std::make_unique<listener_state>();
-        l->cfg = b.cfg;
-        l->shared = b.shared.get();
-        l->fds = std::exchange(b.fds[plan.id], {});
-        l->echo.protocol = b.cfg->protocol;
-        l->echo.max_pending = b.cfg->max_pending;
-        l->echo.max_message = b.cfg->max_message;
-        if (b.cfg->mode == config::listener_mode::proxy) {
-            for (auto& up : *plan.upstreams) {
-                if (up->cfg->name == b.cfg->upstream) {
-                    l->upstream =
-                        sh.upstreams.emplace_back(std::make_unique<proxy::upstream_local>(*up, plan.id)).get();
-                }
-            }
-        }
-        sh.listeners.push_back(std::move(l));
-    }
+    const auto& rt = *plan.runtime;
     auto buffers = buffer_ring::create(ex->main_ring(), recv_buffer_group, rt.recv_buffers, rt.recv_buffer_size);
     if (!buffers) {
         started.failed("cannot set up the receive buffer ring (" + std::to_string(rt.recv_buffers) + " x " +
@@ -327,17 +437,8 @@ task<void> run_shard(shard_plan plan) {
         co_return;
     }
     sh.buffers = std::move(*buffers);
+    apply(sh, *plan.initial);
 
-    std::vector<join_handle<void>> accepts;
-    std::vector<join_handle<void>> sweeps;
-    for (auto& l : sh.listeners) {
-        for (const owned_fd& fd : l->fds) {
-            accepts.push_back(ex->spawn(accept_loop(sh, *l, fd.get())));
-        }
-        if (l->cfg->idle_timeout.count() > 0) {
-            sweeps.push_back(ex->spawn(idle_sweep(sh, *l)));
-        }
-    }
     // The first beat before the shard counts as up: /healthz may be asked
     // as soon as the daemon is ready, before the beat task has run.
     if (plan.heartbeat) {
@@ -346,15 +447,26 @@ task<void> run_shard(shard_plan plan) {
     started.serving();
     auto heartbeat = ex->spawn(beat(plan.heartbeat, plan.reactor, sh, sh.stop_housekeeping));
 
-    std::uint64_t signalled = 0;
-    auto r = co_await read(plan.drain_fd, &signalled, sizeof(signalled), 0);
-    if (!r) {
-        spdlog::error("drain signal: {}", r.error().message());
+    // The main thread's word: reloads, until it says drain.
+    while (true) {
+        std::uint64_t signalled = 0;
+        auto r = co_await read(plan.control->wake_fd, &signalled, sizeof(signalled), 0);
+        if (!r) {
+            spdlog::error("control eventfd: {}; draining", r.error().message());
+            break;
+        }
+        if (shard_reload* next = plan.control->reload.exchange(nullptr, std::memory_order_acquire)) {
+            apply(sh, *next);
+            const std::uint64_t one = 1;
+            if (::write(plan.reload_ack_fd, &one, sizeof(one)) != sizeof(one)) {
+                spdlog::error("cannot acknowledge the reload: {}", std::strerror(errno));
+            }
+        }
+        if (plan.control->drain.load(std::memory_order_acquire)) {
+            break;
+        }
     }
-    co_await drain(sh, accepts);
-    for (auto& s : sweeps) {
-        co_await s;
-    }
+    co_await drain(sh);
     co_await heartbeat;
     spdlog::info("drained: {}", sh.counters->summary());
     for (const auto& up : sh.upstreams) {

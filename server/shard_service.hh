@@ -12,6 +12,7 @@
 #include "server/listeners.hh"
 #include "server/proxy/upstream.hh"
 #include "server/reactor_stats.hh"
+#include "server/shard_control.hh"
 
 #include "reactor/task.hh"
 
@@ -23,13 +24,14 @@ namespace shardd::server {
 
 struct shard_plan {
     unsigned id = 0;
-    const config::config* cfg = nullptr;
-    std::vector<bound_listener>* listeners = nullptr;  // this shard takes fds[id]
+    const config::runtime_config* runtime = nullptr;  // alive until the pool stops
+    // The configuration to start with (listener sockets: this shard's).
+    shard_reload* initial = nullptr;
     shard_counters* counters = nullptr;
-    // Every [[upstream]]'s shared state (server health and load).
-    std::vector<std::unique_ptr<proxy::upstream_shared>>* upstreams = nullptr;
-    // The main thread writes 1 here to start the drain (SIGTERM/SIGINT).
-    int drain_fd = -1;
+    // The main thread's mailbox: drain, or a reload.
+    shard_control* control = nullptr;
+    // This shard writes 1 here once it applied a reload.
+    int reload_ack_fd = -1;
     // This shard writes 1 here when it has drained and is done.
     int done_fd = -1;
     // Counted down once the shard serves (or failed to start: `error`).

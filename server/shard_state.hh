@@ -16,6 +16,7 @@
 #include "reactor/abort_source.hh"
 #include "reactor/buffer_ring.hh"
 #include "reactor/event.hh"
+#include "reactor/join_handle.hh"
 #include "reactor/owned_fd.hh"
 
 #include <memory>
@@ -32,20 +33,35 @@ struct connection_entry {
     unsigned idle_sweeps = 0;
 };
 
-// One listener on this shard.
+// One listener on this shard. A reload may change its settings (new
+// connections take them) or retire it: it stops accepting, and goes once
+// its connections are gone.
 struct listener_state {
+    // The configuration generation its settings come from, kept alive here.
+    std::shared_ptr<const config::config> generation;
     const config::listener_config* cfg = nullptr;
-    listener_shared* shared = nullptr;
+    std::shared_ptr<listener_shared> shared;
     std::vector<owned_fd> fds;
     transit_options echo;
-    // Proxy listeners: this shard's side of their upstream.
-    proxy::upstream_local* upstream = nullptr;
+    // Proxy listeners: this shard's side of their upstream (a pair keeps
+    // the one it started with).
+    std::shared_ptr<proxy::upstream_local> upstream;
     connection_entry* head = nullptr;
     std::size_t count = 0;
     // Set when the first connection arrives: the idle sweep sleeps on it
     // while the listener has none, so an idle shard runs no timer.
     event busy;
+    // Set when the last connection leaves a retiring listener.
+    event empty;
     bool at_limit = false;
+    bool retiring = false;
+    bool sweeping = false;  // its idle sweep runs
+    // Its accept loops stop on this (retirement, or the drain); its idle
+    // sweep on the other (no connection left after retirement, or the end
+    // of the drain).
+    abort_source stop_accepting;
+    abort_source stop_sweep;
+    std::vector<join_handle<void>> accepts;
 
     void link(connection_entry* e) {
         e->next = head;
@@ -63,25 +79,28 @@ struct listener_state {
             e->next->prev = e->prev;
         }
         e->prev = e->next = nullptr;
-        --count;
+        if (--count == 0 && retiring) {
+            empty.set();
+        }
     }
 };
 
 struct shard_state {
     unsigned id = 0;
-    const config::config* cfg = nullptr;
+    const config::runtime_config* runtime = nullptr;  // restart-only: never reloaded
     shard_counters* counters = nullptr;
     std::unique_ptr<buffer_ring> buffers;
     std::vector<std::unique_ptr<listener_state>> listeners;
-    // This shard's side of each proxy listener's upstream.
-    std::vector<std::unique_ptr<proxy::upstream_local>> upstreams;
+    // This shard's side of each upstream, current generation.
+    std::vector<std::shared_ptr<proxy::upstream_local>> upstreams;
     std::unique_ptr<peer_log> log;
     std::size_t connections = 0;
     bool draining = false;
     event drained;  // draining and the last connection closed
-    // The drain fires these: the accept loops and their back-offs; then,
-    // once the connections are gone, the idle sweeps and the drain's timers.
-    abort_source stop_accepting;
+    // Idle sweeps and retirements, awaited at the end of the drain.
+    std::vector<join_handle<void>> housekeeping;
+    // The drain fires this once the connections are gone: retirements that
+    // still wait for theirs, and the drain's timers.
     abort_source stop_housekeeping;
 
     void abort_all() {

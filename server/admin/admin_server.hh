@@ -19,6 +19,7 @@
 #include "config/config.hh"
 #include "server/counters.hh"
 #include "server/heartbeat.hh"
+#include "server/live_config.hh"
 #include "server/proxy/upstream.hh"
 #include "server/reactor_stats.hh"
 
@@ -51,7 +52,7 @@ enum class daemon_phase : int { starting, ready, draining };
 
 // What the endpoint reads. Owned by the daemon, alive until stop().
 struct admin_sources {
-    const config::config* cfg = nullptr;
+    const live_config* live = nullptr;  // the configuration in effect
     const std::vector<shard_counters>* counters = nullptr;
     const std::vector<shard_heartbeat>* heartbeats = nullptr;
     const std::vector<reactor_stats>* reactors = nullptr;

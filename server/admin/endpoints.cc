@@ -318,7 +318,7 @@ response answer(const http_request& req, const admin_sources& src) {
         r.body = stats_json(src);
     } else if (path == "/config") {
         r.content_type = "application/toml";
-        r.body = config::to_toml(*src.cfg);
+        r.body = config::to_toml(*src.live->current());
     } else if (path == "/readyz") {
         const daemon_phase p = src.phase->load();
         r.status = p == daemon_phase::ready ? 200 : 503;

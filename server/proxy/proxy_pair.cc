@@ -30,7 +30,7 @@ void set_linger_zero(int fd) {
 }  // namespace
 
 proxy_pair::proxy_pair(shard_state& sh, listener_state& l, int client_fd)
-    : _sh(sh), _l(l), _up(*l.upstream), _client_fd(client_fd) {}
+    : _sh(sh), _l(l), _up_owner(l.upstream), _up(*_up_owner), _client_fd(client_fd) {}
 
 void proxy_pair::abort() noexcept {
     _abort.request_abort();

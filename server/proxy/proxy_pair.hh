@@ -30,6 +30,7 @@
 #include "reactor/join_handle.hh"
 #include "reactor/task.hh"
 
+#include <memory>
 #include <optional>
 
 namespace shardd::server::proxy {
@@ -60,6 +61,9 @@ private:
 
     shard_state& _sh;
     listener_state& _l;
+    // The upstream generation the pair started with: a reload that
+    // replaces it leaves this one alive until the pair ends.
+    std::shared_ptr<upstream_local> _up_owner;
     upstream_local& _up;
     int _client_fd;
     owned_fd _server_fd;

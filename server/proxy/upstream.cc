@@ -46,9 +46,19 @@ std::int64_t steady_now_ns() noexcept {
         .count();
 }
 
-upstream_shared::upstream_shared(const config::upstream_config& c, std::size_t n)
-    : cfg(&c), servers(std::make_unique<server_shared[]>(c.servers.size())), shards(n),
-      queues(std::make_unique<shard_queue_state[]>(n)) {}
+upstream_shared::upstream_shared(std::shared_ptr<const config::config> gen, const config::upstream_config& c,
+                                 std::size_t n, const upstream_shared* previous)
+    : generation(std::move(gen)), cfg(&c), shards(n), queues(std::make_unique<shard_queue_state[]>(n)) {
+    for (const auto& server : c.servers) {
+        std::shared_ptr<server_shared> kept;
+        for (std::size_t i = 0; previous && i < previous->cfg->servers.size() && !kept; ++i) {
+            if (previous->cfg->servers[i].address == server.address) {
+                kept = previous->servers[i];
+            }
+        }
+        servers.push_back(kept ? kept : std::make_shared<server_shared>());
+    }
+}
 
 upstream_local::upstream_local(upstream_shared& shared, unsigned shard_id)
     : _shared(shared), _shard(shard_id), _current(shared.cfg->servers.size(), 0), _rng(0x5eed + shard_id),
@@ -65,15 +75,21 @@ upstream_local::upstream_local(upstream_shared& shared, unsigned shard_id)
     }
 }
 
+upstream_local::~upstream_local() {
+    // Another shard's wake-up looks the local up when it runs.
+    upstream_local* self = this;
+    _shared.queues[_shard].local.compare_exchange_strong(self, nullptr);
+}
+
 bool upstream_local::down(std::size_t i, std::int64_t now_ns) const noexcept {
-    return _shared.servers[i].down_until.load(std::memory_order_relaxed) > now_ns;
+    return _shared.servers[i]->down_until.load(std::memory_order_relaxed) > now_ns;
 }
 
 bool upstream_local::try_take(std::size_t i) noexcept {
     const std::uint64_t limit = cfg().servers[i].max_connections;
-    const std::uint64_t before = _shared.servers[i].active.fetch_add(1);
+    const std::uint64_t before = _shared.servers[i]->active.fetch_add(1);
     if (limit != 0 && before >= limit) {
-        _shared.servers[i].active.fetch_sub(1);
+        _shared.servers[i]->active.fetch_sub(1);
         return false;
     }
     return true;
@@ -89,7 +105,7 @@ pick_result upstream_local::pick(const socket_address& client, const std::vector
         }
         any_up = true;
         const std::uint64_t limit = cfg().servers[i].max_connections;
-        if (limit == 0 || _shared.servers[i].active.load() < limit) {
+        if (limit == 0 || _shared.servers[i]->active.load() < limit) {
             _eligible.push_back(i);
         }
     }
@@ -145,7 +161,7 @@ bool upstream_local::has_capacity() const noexcept {
     const std::int64_t now = steady_now_ns();
     for (std::size_t i = 0; i < size(); ++i) {
         const std::uint64_t limit = cfg().servers[i].max_connections;
-        if (!down(i, now) && (limit == 0 || _shared.servers[i].active.load() < limit)) {
+        if (!down(i, now) && (limit == 0 || _shared.servers[i]->active.load() < limit)) {
             return true;
         }
     }
@@ -184,7 +200,7 @@ std::optional<std::size_t> upstream_local::pick_least_conn(const std::vector<std
     std::uint64_t best_active = 0;
     std::uint64_t best_weight = 1;
     for (std::size_t i : eligible) {
-        const std::uint64_t a = _shared.servers[i].active.load(std::memory_order_relaxed);
+        const std::uint64_t a = _shared.servers[i]->active.load(std::memory_order_relaxed);
         const std::uint64_t w = cfg().servers[i].weight;
         if (ties.empty() || a * best_weight < best_active * w) {
             ties.assign(1, i);
@@ -220,8 +236,8 @@ std::optional<std::size_t> upstream_local::pick_random_two(const std::vector<std
         return a;
     }
     const std::size_t b = draw(a);
-    const std::uint64_t la = _shared.servers[a].active.load(std::memory_order_relaxed) * cfg().servers[b].weight;
-    const std::uint64_t lb = _shared.servers[b].active.load(std::memory_order_relaxed) * cfg().servers[a].weight;
+    const std::uint64_t la = _shared.servers[a]->active.load(std::memory_order_relaxed) * cfg().servers[b].weight;
+    const std::uint64_t lb = _shared.servers[b]->active.load(std::memory_order_relaxed) * cfg().servers[a].weight;
     return lb < la ? b : a;
 }
 
@@ -246,7 +262,7 @@ std::optional<std::size_t> upstream_local::pick_source_hash(const socket_address
 }
 
 void upstream_local::close(std::size_t i) noexcept {
-    _shared.servers[i].active.fetch_sub(1);
+    _shared.servers[i]->active.fetch_sub(1);
     if (cfg().servers[i].max_connections == 0) {
         return;  // nobody ever waits for this server's slot
     }
@@ -259,9 +275,15 @@ void upstream_local::close(std::size_t i) noexcept {
     for (std::size_t k = 1; k < _shared.shards; ++k) {
         const std::size_t s = (_shard + k) % _shared.shards;
         if (_shared.queues[s].waiting.load() > 0) {
-            shard_mesh::current()->send(
-                static_cast<unsigned>(s),
-                {[](void* p) { static_cast<upstream_local*>(p)->wake_one(); }, _shared.queues[s].local.load()});
+            // The message names the queue, not its upstream_local: by the
+            // time it runs there, a reload may have retired that local.
+            shard_mesh::current()->send(static_cast<unsigned>(s), {[](void* p) {
+                                                                       auto* q = static_cast<shard_queue_state*>(p);
+                                                                       if (upstream_local* l = q->local.load()) {
+                                                                           l->wake_one();
+                                                                       }
+                                                                   },
+                                                                   &_shared.queues[s]});
             return;
         }
     }
@@ -269,7 +291,7 @@ void upstream_local::close(std::size_t i) noexcept {
 
 void upstream_local::connected(std::size_t i) {
     _counters[i].connections.add();
-    server_shared& s = _shared.servers[i];
+    server_shared& s = *_shared.servers[i];
     if (s.fails.load(std::memory_order_relaxed) != 0) {
         s.fails.store(0, std::memory_order_relaxed);
     }
@@ -291,7 +313,7 @@ void upstream_local::failed(std::size_t i, const std::error_code& ec) {
     if (max_fails == 0) {
         return;
     }
-    server_shared& s = _shared.servers[i];
+    server_shared& s = *_shared.servers[i];
     const std::int64_t now = steady_now_ns();
     const std::int64_t window = std::chrono::duration_cast<std::chrono::nanoseconds>(cfg().fail_timeout).count();
     std::int64_t start = s.window_start.load(std::memory_order_relaxed);

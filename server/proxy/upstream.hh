@@ -67,10 +67,18 @@ struct alignas(64) shard_queue_state {
     std::atomic<upstream_local*> local{nullptr};
 };
 
+// One generation of an [[upstream]]: a reload that changes the upstream
+// makes a new one, and connections proxied before keep theirs. A server
+// that stays (same address) keeps its server_shared, so its open
+// connections and its health carry over to the new generation. The daemon
+// keeps every generation until exit: a message from a shard may still name
+// one (a few hundred bytes; only reloads that change the upstream add one).
 struct upstream_shared {
-    upstream_shared(const config::upstream_config& c, std::size_t shards);
+    upstream_shared(std::shared_ptr<const config::config> generation, const config::upstream_config& c,
+                    std::size_t shards, const upstream_shared* previous = nullptr);
+    std::shared_ptr<const config::config> generation;  // keeps *cfg alive
     const config::upstream_config* cfg;
-    std::unique_ptr<server_shared[]> servers;
+    std::vector<std::shared_ptr<server_shared>> servers;  // as cfg->servers
     std::size_t shards;
     std::unique_ptr<shard_queue_state[]> queues;  // [shard]
 };
@@ -106,6 +114,11 @@ struct pick_result {
 class upstream_local {
 public:
     upstream_local(upstream_shared& shared, unsigned shard_id);
+    ~upstream_local();
+    upstream_local(const upstream_local&) = delete;
+    upstream_local& operator=(const upstream_local&) = delete;
+
+    const upstream_shared& shared() const noexcept { return _shared; }
 
     const config::upstream_config& cfg() const noexcept { return *_shared.cfg; }
     std::size_t size() const noexcept { return _shared.cfg->servers.size(); }
