@@ -69,6 +69,16 @@ struct admin_config {
     bool operator==(const admin_config&) const = default;
 };
 
+// One line per closed connection (server/access_log.hh). Off by default.
+struct access_log_config {
+    // "" (off), "stderr" (the journal, under systemd), or an absolute path,
+    // appended to and reopened on SIGUSR1 (logrotate's convention).
+    std::string path;
+    log_format format = log_format::text;
+
+    bool operator==(const access_log_config&) const = default;
+};
+
 struct listener_config {
     std::string name;
     std::vector<socket_address> listen;
@@ -138,6 +148,7 @@ struct config {
     runtime_config runtime;
     log_config log;
     admin_config admin;
+    access_log_config access_log;
     std::vector<listener_config> listeners;
     std::vector<upstream_config> upstreams;
 

@@ -68,6 +68,10 @@ std::string to_toml(const config& cfg) {
     if (cfg.admin.listen) {
         os << "\n[admin]\nlisten = " << quoted(cfg.admin.listen->to_string()) << "\n";
     }
+    if (!cfg.access_log.path.empty()) {
+        os << "\n[access_log]\npath = " << quoted(cfg.access_log.path) << "\n"
+           << "format = " << quoted(to_string(cfg.access_log.format)) << "\n";
+    }
     for (const auto& l : cfg.listeners) {
         os << "\n[[listener]]\n"
            << "name = " << quoted(l.name) << "\n"

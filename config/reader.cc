@@ -217,6 +217,18 @@ void reader::read(const toml::table& root, const overrides& over, config& cfg) {
         with(*ad, "admin", "listen",
              [&](const toml::node& n, const std::string& path) { cfg.admin.listen = address_of(n, path, false); });
     }
+    if (const toml::table* al = section(root, "access_log")) {
+        check_keys(*al, "access_log", access_log_keys);
+        with(*al, "access_log", "path", [&](const toml::node& n, const std::string& path) {
+            const std::string_view text = n.is_string() ? n.as_string()->get() : std::string_view();
+            if (!n.is_string() || (text != "stderr" && (text.empty() || text.front() != '/'))) {
+                error(pos_of(n.source()), path, "expected \"stderr\" or an absolute file path, found " + describe(n));
+                return;
+            }
+            cfg.access_log.path = std::string(text);
+        });
+        read_enum(*al, "access_log", "format", cfg.access_log.format, log_format_names);
+    }
     // Upstreams first, so listeners can refer to them wherever they stand.
     each_table(root, "upstream",
                [&](const toml::table& t, const std::string& prefix) { read_upstream(t, prefix, cfg); });

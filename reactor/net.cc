@@ -66,6 +66,15 @@ expected<socket_address> local_address(int fd) {
     return socket_address(reinterpret_cast<sockaddr*>(&ss), len);
 }
 
+expected<socket_address> peer_address(int fd) {
+    sockaddr_storage ss{};
+    socklen_t len = sizeof(ss);
+    if (getpeername(fd, reinterpret_cast<sockaddr*>(&ss), &len) != 0) {
+        return unexpected{errno_code(errno)};
+    }
+    return socket_address(reinterpret_cast<sockaddr*>(&ss), len);
+}
+
 std::error_code set_nodelay(int fd, bool on) { return set_int_option(fd, IPPROTO_TCP, TCP_NODELAY, on ? 1 : 0); }
 
 task<expected<std::size_t>> send_all(int fd, std::span<const std::byte> data) {

@@ -43,6 +43,8 @@ expected<owned_fd> listen_socket(const socket_address& addr, const listen_option
 expected<owned_fd> tcp_socket(int family);
 // The address a socket is bound to (for port 0).
 expected<socket_address> local_address(int fd);
+// The address of a connected socket's peer (ENOTCONN once it is gone).
+expected<socket_address> peer_address(int fd);
 std::error_code set_nodelay(int fd, bool on);
 
 // One send(2) with MSG_NOSIGNAL (and `flags`, e.g. MSG_DONTWAIT: see

@@ -51,6 +51,8 @@ struct alignas(64) shard_counters {
     shard_counter protocol_errors;
     // Peer-caused log lines left out by the rate limit (peer_log).
     shard_counter log_suppressed;
+    // Access log lines dropped: the target was too slow or gone.
+    shard_counter access_log_dropped;
     // Bytes a peer did not take at once, copied out of the receive pool
     // into their connection's own memory (see transit.hh).
     shard_counter bytes_spilled;

@@ -19,6 +19,7 @@
 #include <csignal>
 #include <cstdlib>
 #include <cstring>
+#include <fcntl.h>
 #include <latch>
 #include <optional>
 #include <poll.h>
@@ -125,6 +126,55 @@ void log_settings(const config::config& cfg, const cpu_set& cpus, const std::str
         }
         spdlog::info("upstream {}: {} over {}", up.name, config::to_string(up.balance), servers);
     }
+}
+
+// The access log's target, opened by the main thread: -1 when it is off,
+// stderr, or the file (appended, created 0640).
+expected<int, std::string> open_access_log(const config::access_log_config& c) {
+    if (c.path.empty()) {
+        return -1;
+    }
+    if (c.path == "stderr") {
+        return STDERR_FILENO;
+    }
+    const int fd = ::open(c.path.c_str(), O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0640);
+    if (fd < 0) {
+        return unexpected{"access_log.path: cannot open " + c.path + ": " + std::strerror(errno)};
+    }
+    return fd;
+}
+
+// One descriptor per shard for the access log target (each shard closes
+// its own): stderr is shared and never closed.
+int access_log_fd_for_shard(int target) {
+    if (target < 0 || target == STDERR_FILENO) {
+        return target;
+    }
+    return fcntl(target, F_DUPFD_CLOEXEC, 0);
+}
+
+// SIGUSR1: the file opened anew (logrotate moved the old one away), handed
+// to every shard's writer, which switches between two writes.
+void reopen_access_log(const config::access_log_config& c, std::vector<access_log_reopen>& slots) {
+    if (c.path.empty() || c.path == "stderr") {
+        spdlog::info("SIGUSR1 received: {}", c.path.empty() ? "no access log to reopen"
+                                                            : "the access log goes to "
+                                                              "stderr, nothing to reopen");
+        return;
+    }
+    auto fd = open_access_log(c);
+    if (!fd) {
+        spdlog::error("SIGUSR1 received: {}; the shards keep writing to the old file", fd.error());
+        return;
+    }
+    for (auto& slot : slots) {
+        const int old = slot.fd.exchange(access_log_fd_for_shard(*fd), std::memory_order_release);
+        if (old >= 0) {
+            ::close(old);  // an earlier reopen no shard took yet
+        }
+    }
+    ::close(*fd);
+    spdlog::info("SIGUSR1 received: access log {} reopened", c.path);
 }
 
 // eventfds between the main thread and the shards: each shard's mailbox
@@ -239,6 +289,23 @@ int run_daemon(config::config cfg, const cpu_set& cpus, const daemon_options& op
     }
     live.commit();
 
+    auto access_target = open_access_log(boot->access_log);
+    if (!access_target) {
+        spdlog::critical("{}", access_target.error());
+        return exit_failure;
+    }
+    std::vector<access_log_reopen> access_reopen(shards);
+    std::vector<int> access_fds;
+    for (std::size_t s = 0; s < shards; ++s) {
+        access_fds.push_back(access_log_fd_for_shard(*access_target));
+    }
+    if (*access_target >= 0 && *access_target != STDERR_FILENO) {
+        ::close(*access_target);
+    }
+    if (!boot->access_log.path.empty()) {
+        spdlog::info("access log: {}, {}", boot->access_log.path, config::to_string(boot->access_log.format));
+    }
+
     std::vector<shard_counters> counters(shards);
     std::vector<shard_heartbeat> heartbeats(shards);
     std::vector<reactor_stats> reactors(shards);
@@ -260,6 +327,9 @@ int run_daemon(config::config cfg, const cpu_set& cpus, const daemon_options& op
         plan.heartbeat = &heartbeats[id];
         plan.reactor = &reactors[id];
         plan.ring_flags = id == 0 ? &ring_flags : nullptr;
+        plan.access_log_fd = access_fds[id];
+        plan.access_log_format = boot->access_log.format;
+        plan.access_reopen = &access_reopen[id];
         return shard_main(plan);
     });
     if (!pool) {
@@ -404,7 +474,7 @@ int run_daemon(config::config cfg, const cpu_set& cpus, const daemon_options& op
                 reload(reload_ctx);
             }
         } else if (sig == SIGUSR1) {
-            spdlog::info("SIGUSR1 received: logs go to stderr, nothing to reopen");
+            reopen_access_log(boot->access_log, access_reopen);
         }
     }
     if (draining) {

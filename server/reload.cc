@@ -81,6 +81,7 @@ std::vector<std::string> restart_only_changes(const config::config& running, con
     check(a.recv_buffer_size == b.recv_buffer_size, "runtime.recv_buffer_size");
     check(a.recv_buffers == b.recv_buffers, "runtime.recv_buffers");
     check(running.admin == next.admin, "admin.listen");
+    check(running.access_log == next.access_log, "access_log");
     return keys;
 }
 
@@ -153,6 +154,7 @@ bool reload(reload_context& ctx) {
     const std::vector<std::string> refused = restart_only_changes(*running, *next);
     next->runtime = running->runtime;
     next->admin = running->admin;
+    next->access_log = running->access_log;
     // [log] first, so that what follows is logged the new way.
     if (!(next->log == running->log)) {
         setup_logging(next->log.level, next->log.format);

@@ -3,7 +3,8 @@
 // connection. What applies live: [log], every [[listener]] (new ones bound
 // on every shard, removed ones retire, changed ones apply to new
 // connections) and every [[upstream]] (connections proxied before keep
-// their server). What needs a restart: [runtime] and [admin]; a change
+// their server). What needs a restart: [runtime], [admin] and
+// [access_log]; a change
 // there is refused, named in one log line, and the rest applies. A file
 // with errors changes nothing.
 //

@@ -65,10 +65,28 @@ bool transient_accept_error(const std::error_code& ec) {
     }
 }
 
+std::string_view echo_end(transit_end end, std::string_view aborted_for) {
+    switch (end) {
+    case transit_end::closed: return ended::client_fin;
+    case transit_end::recv_error:
+    case transit_end::send_error: return ended::client_rst;
+    case transit_end::protocol_error: return ended::protocol_error;
+    case transit_end::aborted: break;
+    }
+    return aborted_for.empty() ? ended::shutdown : aborted_for;
+}
+
 task<void> serve(shard_state& sh, listener_state& l, owned_fd fd, connection_slot slot) {
     connection_guard guard(sh, l, std::move(fd), std::move(slot));
     if (l.cfg->nodelay) {
         set_nodelay(guard.fd(), true);  // best effort: the echo still works without
+    }
+    const auto started = std::chrono::steady_clock::now();
+    std::optional<socket_address> client;
+    if (sh.access) {
+        if (auto p = peer_address(guard.fd())) {
+            client = *p;
+        }
     }
     transit conn(guard.fd(), guard.fd(), *sh.buffers, l.echo, *sh.counters, *sh.log);
     guard.link(conn);
@@ -76,6 +94,16 @@ task<void> serve(shard_state& sh, listener_state& l, owned_fd fd, connection_slo
     guard.unlink();
     if (end == transit_end::recv_error || end == transit_end::send_error || end == transit_end::protocol_error) {
         sh.counters->errors.add();
+    }
+    if (sh.access) {
+        access_record r;
+        r.listener = l.cfg->name;
+        r.client = client;
+        r.bytes_from_client = conn.bytes_received();
+        r.bytes_to_client = conn.bytes_sent();
+        r.duration = std::chrono::steady_clock::now() - started;
+        r.end = echo_end(end, guard.aborted_for());
+        sh.access->record(r);
     }
     // run() left nothing in the kernel: the guard closes the socket (a FIN
     // after a clean end) and gives everything back.
@@ -119,6 +147,15 @@ task<void> accept_loop(shard_state& sh, listener_state& l, int lfd) {
         auto slot = connection_slot::try_take(*l.shared, l.cfg->max_connections);
         if (!slot) {
             sh.counters->refused.add();
+            if (sh.access) {
+                access_record rec;
+                rec.listener = l.cfg->name;
+                if (auto p = peer_address(fd->get())) {
+                    rec.client = *p;
+                }
+                rec.end = ended::refused;
+                sh.access->record(rec);
+            }
             fd->reset();
             if (!l.at_limit) {
                 l.at_limit = true;
@@ -177,6 +214,7 @@ task<void> idle_sweep(listener_state& l, shard_counters& counters) {
                 // Whatever it waits for (its peer's bytes, a peer that does
                 // not read, free buffers) ends; it hands back what it holds
                 // and closes. It unlinks itself later, not under our feet.
+                e->aborted_for = ended::idle_timeout;
                 e->conn->abort();
                 counters.idle_closed.add();
             }
@@ -413,6 +451,9 @@ task<void> beat(shard_heartbeat* hb, reactor_stats* stats, const shard_state& sh
         if (stats) {
             stats->publish(*ex, sh.buffers.get());
         }
+        if (sh.access) {
+            sh.access->flush();  // lines reach the log within a period
+        }
         sleep_op s = sleep_for(heartbeat_period, stop);
         if (!co_await s) {
             co_return;
@@ -437,6 +478,12 @@ task<void> run_shard(shard_plan plan) {
         co_return;
     }
     sh.buffers = std::move(*buffers);
+    std::optional<join_handle<void>> access_writer;
+    if (plan.access_log_fd >= 0) {
+        sh.access = std::make_unique<access_log>(plan.access_log_fd, plan.access_log_format, plan.access_reopen,
+                                                 plan.counters->access_log_dropped);
+        access_writer.emplace(ex->spawn(sh.access->run()));
+    }
     apply(sh, *plan.initial);
 
     // The first beat before the shard counts as up: /healthz may be asked
@@ -467,6 +514,10 @@ task<void> run_shard(shard_plan plan) {
         }
     }
     co_await drain(sh);
+    if (access_writer) {
+        sh.access->stop();
+        co_await *access_writer;
+    }
     co_await heartbeat;
     spdlog::info("drained: {}", sh.counters->summary());
     for (const auto& up : sh.upstreams) {

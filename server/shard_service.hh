@@ -7,6 +7,7 @@
 // connection count (listener_shared, once per accept and close).
 
 #include "config/config.hh"
+#include "server/access_log.hh"
 #include "server/counters.hh"
 #include "server/heartbeat.hh"
 #include "server/listeners.hh"
@@ -41,6 +42,11 @@ struct shard_plan {
     shard_heartbeat* heartbeat = nullptr;
     // Published with each heartbeat, for the admin endpoint.
     reactor_stats* reactor = nullptr;
+    // The access log: this shard's own descriptor for it (-1: off), its
+    // format, and the slot SIGUSR1's reopened descriptor comes through.
+    int access_log_fd = -1;
+    config::log_format access_log_format = config::log_format::text;
+    access_log_reopen* access_reopen = nullptr;
     // Shard 0 writes its main ring's flags here before it counts `up` down.
     std::string* ring_flags = nullptr;
 };

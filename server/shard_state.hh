@@ -5,6 +5,7 @@
 // Touched only by the shard's thread.
 
 #include "config/config.hh"
+#include "server/access_log.hh"
 #include "server/connection_slot.hh"
 #include "server/counters.hh"
 #include "server/listeners.hh"
@@ -31,6 +32,8 @@ struct connection_entry {
     connection_entry* next = nullptr;
     std::uint64_t seen_activity = 0;
     unsigned idle_sweeps = 0;
+    // Why the shard aborted it, for the access log ("" if it did not).
+    std::string_view aborted_for;
 };
 
 // One listener on this shard. A reload may change its settings (new
@@ -94,6 +97,8 @@ struct shard_state {
     // This shard's side of each upstream, current generation.
     std::vector<std::shared_ptr<proxy::upstream_local>> upstreams;
     std::unique_ptr<peer_log> log;
+    // One line per closed connection; null when the access log is off.
+    std::unique_ptr<access_log> access;
     std::size_t connections = 0;
     bool draining = false;
     event drained;  // draining and the last connection closed
@@ -106,6 +111,7 @@ struct shard_state {
     void abort_all() {
         for (auto& l : listeners) {
             for (auto* e = l->head; e; e = e->next) {
+                e->aborted_for = ended::shutdown;
                 e->conn->abort();
             }
         }
@@ -136,6 +142,8 @@ public:
         }
     }
     int fd() const noexcept { return _fd.get(); }
+    // Why the shard aborted the connection ("" if it did not).
+    std::string_view aborted_for() const noexcept { return _entry.aborted_for; }
     void link(served_connection& c) {
         _entry.conn = &c;
         _l.link(&_entry);

@@ -88,6 +88,7 @@ public:
     std::uint64_t activity() const noexcept override { return _activity; }
     // Bytes sent to out_fd so far.
     std::uint64_t bytes_sent() const noexcept { return _sent; }
+    std::uint64_t bytes_received() const noexcept { return _activity - _sent; }
     // Bytes in the transit's own memory, waiting for the receiver.
     std::size_t spilled() const noexcept { return _spill_len; }
     // Why run() ended in recv_error or send_error.

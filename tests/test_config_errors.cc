@@ -185,6 +185,12 @@ std::vector<bad_case> cases() {
          "5:22: listener[0].half_close_timeout", "expected \"0s\" (off) or a duration from 10ms to 24h"},
         {"admin address malformed", "[admin]\nlisten = \"127.0.0.1\"\n" + listener, "2:10: admin.listen",
          "missing \":PORT\""},
+        {"access log to a relative path", "[access_log]\npath = \"access.log\"\n" + listener, "2:8: access_log.path",
+         "expected \"stderr\" or an absolute file path, found \"access.log\""},
+        {"access log format unknown", "[access_log]\npath = \"stderr\"\nformat = \"xml\"\n" + listener,
+         "3:10: access_log.format", "expected \"text\" or \"json\", found \"xml\""},
+        {"access log key unknown", "[access_log]\nfile = \"/var/log/x\"\n" + listener, "2:1: access_log.file",
+         "unknown key"},
         {"TOML syntax error", listener + "name = \n", "5:8", "TOML syntax error"},
         {"TOML duplicate key", "[log]\nlevel = \"info\"\nlevel = \"debug\"\n" + listener, "3:9", "TOML syntax error"},
     };

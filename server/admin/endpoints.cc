@@ -57,6 +57,9 @@ constexpr std::array counter_fields{
     counter_field{"peer_log_suppressed_total", "log_suppressed",
                   "Log lines caused by peers and left out by the rate limit (10 a second per shard).",
                   &shard_counters::log_suppressed},
+    counter_field{"access_log_dropped_total", "access_log_dropped",
+                  "Access log lines dropped because the log's target was too slow or gone.",
+                  &shard_counters::access_log_dropped},
 };
 
 // The reactor's counters, as each shard publishes them with its heartbeat

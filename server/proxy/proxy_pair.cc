@@ -12,15 +12,6 @@ namespace {
 
 enum direction { up = 0, down = 1 };
 
-std::optional<socket_address> peer_address(int fd) {
-    sockaddr_storage ss{};
-    socklen_t len = sizeof(ss);
-    if (getpeername(fd, reinterpret_cast<sockaddr*>(&ss), &len) != 0) {
-        return std::nullopt;
-    }
-    return socket_address(reinterpret_cast<sockaddr*>(&ss), len);
-}
-
 // Close with an RST rather than a FIN: how a reset travels on.
 void set_linger_zero(int fd) {
     const linger lg{1, 0};
@@ -63,6 +54,7 @@ task<bool> proxy_pair::wait_in_queue(std::int64_t& deadline_ns) {
     // A client woken before goes back to the front: it keeps its turn.
     if (!_up.enqueue(*_waiter, !first)) {
         totals.queue_full.add();
+        _end = ended::queue_full;
         _waiter.reset();
         co_return false;
     }
@@ -85,6 +77,7 @@ task<bool> proxy_pair::wait_in_queue(std::int64_t& deadline_ns) {
     }
     if (timed_out) {
         totals.queue_timeouts.add();
+        _end = ended::queue_timeout;
         co_return false;
     }
     co_return true;
@@ -92,7 +85,8 @@ task<bool> proxy_pair::wait_in_queue(std::int64_t& deadline_ns) {
 
 task<std::optional<std::size_t>> proxy_pair::connect_upstream() {
     const auto& cfg = _up.cfg();
-    const socket_address client = peer_address(_client_fd).value_or(socket_address());
+    const auto peer = peer_address(_client_fd);
+    const socket_address client = peer ? *peer : socket_address();
     std::vector<bool> tried(_up.size(), false);
     std::int64_t queue_deadline = 0;
     std::uint32_t attempt = 0;
@@ -140,6 +134,7 @@ task<std::optional<std::size_t>> proxy_pair::connect_upstream() {
         auto r = co_await connect_op;
         if (r) {
             _up.connected(i);
+            _server_address = addr;
             _server_fd = std::move(*fd);
             co_return i;
         }
@@ -151,6 +146,7 @@ task<std::optional<std::size_t>> proxy_pair::connect_upstream() {
     }
     if (!_abort.abort_requested()) {
         _up.totals().no_server.add();
+        _end = ended::no_server;
     }
     co_return std::nullopt;
 }
@@ -159,6 +155,7 @@ task<void> proxy_pair::half_close_timer() {
     sleep_op s = sleep_for(_l.cfg->half_close_timeout, _timer_stop);
     if (co_await s) {
         _up.totals().half_close_timeouts.add();
+        _end = ended::half_close_timeout;
         abort();
     }
 }
@@ -166,6 +163,18 @@ task<void> proxy_pair::half_close_timer() {
 task<void> proxy_pair::pump(transit& t, int out_fd, int which) {
     const transit_end end = co_await t.run();
     _ended[which] = true;
+    // The first end of the pair says how it ended; an FIN first, then a
+    // half-close timeout, says the timeout.
+    if (_end.empty()) {
+        const bool from_client = which == up;  // `t` receives from the client
+        switch (end) {
+        case transit_end::closed: _end = from_client ? ended::client_fin : ended::server_fin; break;
+        case transit_end::recv_error: _end = from_client ? ended::client_rst : ended::server_rst; break;
+        case transit_end::send_error: _end = from_client ? ended::server_rst : ended::client_rst; break;
+        case transit_end::protocol_error: _end = ended::protocol_error; break;
+        case transit_end::aborted: break;
+        }
+    }
     transit* other = _dir[1 - which];
     switch (end) {
     case transit_end::closed:
@@ -226,6 +235,8 @@ task<void> proxy_pair::run() {
     _activity += to_server.activity() + to_client.activity();
     _up.counters(*server).bytes_to.add(to_server.bytes_sent());
     _up.counters(*server).bytes_from.add(to_client.bytes_sent());
+    _from_client = to_server.bytes_received();
+    _to_client = to_client.bytes_sent();
     _dir[up] = _dir[down] = nullptr;
     if (_reset) {
         set_linger_zero(_client_fd);
@@ -241,10 +252,28 @@ task<void> serve(shard_state& sh, listener_state& l, owned_fd fd, connection_slo
     if (l.cfg->nodelay) {
         set_nodelay(guard.fd(), true);
     }
+    const auto started = std::chrono::steady_clock::now();
+    std::optional<socket_address> client;
+    if (sh.access) {
+        if (auto p = peer_address(guard.fd())) {
+            client = *p;
+        }
+    }
     proxy_pair pair(sh, l, guard.fd());
     guard.link(pair);
     co_await pair.run();
     guard.unlink();
+    if (sh.access) {
+        access_record r;
+        r.listener = l.cfg->name;
+        r.client = client;
+        r.server = pair.server();
+        r.bytes_from_client = pair.bytes_from_client();
+        r.bytes_to_client = pair.bytes_to_client();
+        r.duration = std::chrono::steady_clock::now() - started;
+        r.end = !pair.end().empty() ? pair.end() : !guard.aborted_for().empty() ? guard.aborted_for() : ended::shutdown;
+        sh.access->record(r);
+    }
 }
 
 }  // namespace shardd::server::proxy

@@ -48,6 +48,14 @@ public:
     void abort() noexcept override;
     std::uint64_t activity() const noexcept override;
 
+    // For the access log, once run() returned: the server, the bytes each
+    // way as the client saw them, and how the pair ended ("" when the
+    // shard aborted it: the guard knows why).
+    const std::optional<socket_address>& server() const noexcept { return _server_address; }
+    std::uint64_t bytes_from_client() const noexcept { return _from_client; }
+    std::uint64_t bytes_to_client() const noexcept { return _to_client; }
+    std::string_view end() const noexcept { return _end; }
+
 private:
     // The server socket, connected, and which server it is; none when
     // every try failed (or abort()).
@@ -67,6 +75,10 @@ private:
     upstream_local& _up;
     int _client_fd;
     owned_fd _server_fd;
+    std::optional<socket_address> _server_address;
+    std::uint64_t _from_client = 0;
+    std::uint64_t _to_client = 0;
+    std::string_view _end;
     abort_source _abort;
     // While queued for a server slot.
     std::optional<queue_waiter> _waiter;
