@@ -71,11 +71,20 @@ expected<std::vector<shard_reload>, std::string> live_config::prepare(std::share
 
 void live_config::commit() {
     _listeners = std::move(_next_listeners);
-    _upstreams = std::move(_next_upstreams);
     _next_listeners.clear();
-    _next_upstreams.clear();
     std::lock_guard lock(_current_mutex);
+    _upstreams = std::move(_next_upstreams);
+    _next_upstreams.clear();
     _current = std::move(_next);
+}
+
+std::vector<std::shared_ptr<proxy::upstream_shared>> live_config::upstreams() const {
+    std::lock_guard lock(_current_mutex);
+    std::vector<std::shared_ptr<proxy::upstream_shared>> out;
+    for (const auto& u : _current->upstreams) {
+        out.push_back(_upstreams.at(u.name));
+    }
+    return out;
 }
 
 std::shared_ptr<const config::config> live_config::current() const {

@@ -46,6 +46,9 @@ public:
 
     // The configuration in effect. Any thread (the admin endpoint's /config).
     std::shared_ptr<const config::config> current() const;
+    // The current generation of every upstream, in config order. Any thread
+    // (the admin endpoint reads their counters; generations live until exit).
+    std::vector<std::shared_ptr<proxy::upstream_shared>> upstreams() const;
     // Addresses of each listener as bound (port 0 resolved), in config order.
     std::vector<std::pair<std::string, std::vector<socket_address>>> addresses() const;
 
@@ -57,7 +60,9 @@ private:
     };
 
     std::size_t _shards;
-    mutable std::mutex _current_mutex;  // _current alone; the rest is the main thread's
+    // Guards _current and _upstreams, which other threads read; the rest is
+    // the main thread's alone.
+    mutable std::mutex _current_mutex;
     std::shared_ptr<const config::config> _current;
     std::map<std::string, listener_record> _listeners;
     std::map<std::string, std::shared_ptr<proxy::upstream_shared>> _upstreams;

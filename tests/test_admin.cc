@@ -178,6 +178,50 @@ TEST_CASE("/metrics: the reactor's internals per shard, ring and task queue", "[
     CHECK_THAT(stats.body, Catch::Contains("\"queues\":[{\"name\":\"default\",\"runtime_seconds\":"));
 }
 
+TEST_CASE("/metrics and /stats: every upstream server's counters, health and open connections", "[admin][proxy]") {
+    auto backend = start_echo();
+    loopback_socket nobody(-1);  // bound, not listening: connects are refused
+    const std::string good = backend->addresses()[0];
+    const std::string bad = addr(nobody.port());
+    std::unique_ptr<echo_daemon> d = std::make_unique<echo_daemon>(echo_config(
+        "[admin]\nlisten = \"127.0.0.1:0\"\n[[listener]]\nname = \"p\"\nlisten = \"127.0.0.1:0\"\nmode = \"proxy\"\n"
+        "upstream = \"u\"\n[[upstream]]\nname = \"u\"\nbalance = \"round_robin\"\nservers = " +
+            quoted_list({good, bad}) + "\nretries = 1\nmax_fails = 1\nfail_timeout = \"1h\"\n",
+        cpus_key()));
+    std::smatch m;
+    const std::string log = d->process().stderr_text();
+    REQUIRE(std::regex_search(log, m, std::regex(R"(admin endpoint: listening on (\S+))")));
+    const std::string admin = m[1].str();
+    // Four clients: one try goes to the refusing server, which is then down
+    // for an hour, and its client is retried on the good one.
+    for (int i = 0; i < 4; ++i) {
+        socket_fd c(d->connect(0));
+        REQUIRE(echo_check(c.get(), pattern(1000, static_cast<std::uint64_t>(i))) == "");
+        REQUIRE(close_cleanly(c.get()));
+    }
+    const std::string samples = parsed_samples(get(admin, "/metrics").body);
+    INFO(samples);
+    const std::string g = "server=" + good + ",shard=0,upstream=u}";
+    const std::string b = "server=" + bad + ",shard=0,upstream=u}";
+    CHECK(sample_value(samples, "shardd_upstream_connections_total{" + g) == 4);
+    CHECK(sample_value(samples, "shardd_upstream_sent_bytes_total{" + g) == 4000);
+    CHECK(sample_value(samples, "shardd_upstream_received_bytes_total{" + g) == 4000);
+    CHECK(sample_value(samples, "shardd_upstream_connect_refused_total{" + b) == 1);
+    CHECK(sample_value(samples, "shardd_upstream_connections_total{" + b) == 0);
+    CHECK(sample_value(samples, "shardd_upstream_retries_total{shard=0,upstream=u}") == 1);
+    CHECK(sample_value(samples, "shardd_upstream_no_server_total{shard=0,upstream=u}") == 0);
+    CHECK(sample_value(samples, "shardd_upstream_server_up{server=" + good + ",upstream=u}") == 1);
+    CHECK(sample_value(samples, "shardd_upstream_server_up{server=" + bad + ",upstream=u}") == 0);
+    CHECK(sample_value(samples, "shardd_upstream_server_active{server=" + good + ",upstream=u}") == 0);
+    CHECK(sample_value(samples, "shardd_upstream_queue_waiting{shard=0,upstream=u}") == 0);
+
+    const http_response stats = get(admin, "/stats");
+    CHECK_THAT(stats.body, Catch::Contains("\"upstreams\":[{\"name\":\"u\",\"retries\":1,"));
+    CHECK_THAT(stats.body, Catch::Contains("{\"address\":\"" + bad +
+                                           "\",\"up\":false,\"active\":0,"
+                                           "\"connections\":0,\"connect_refused\":1,"));
+}
+
 TEST_CASE("/healthz, /readyz, /stats, /config and /", "[admin]") {
     admin_daemon a;
     http_response r = get(a.admin, "/healthz");

@@ -195,6 +195,157 @@ void reactor_metrics(exposition& e, const std::vector<reactor_stats>& reactors,
 
 }  // namespace
 
+namespace {
+
+// Per upstream and server: the counters each shard keeps in the upstream's
+// current generation (server/proxy/upstream.hh), and what the shards share
+// (open connections, health). A reload that changes an upstream starts a
+// new generation, whose counters start at 0 (Prometheus' rate() reads that
+// as a reset).
+struct server_field {
+    const char* metric;
+    const char* json;
+    const char* help;
+    shard_counter proxy::server_counters::*member;
+};
+constexpr std::array server_fields{
+    server_field{"upstream_connections_total", "connections", "Connections made to the server.",
+                 &proxy::server_counters::connections},
+    server_field{"upstream_connect_refused_total", "connect_refused", "Connects the server refused (ECONNREFUSED).",
+                 &proxy::server_counters::connect_refused},
+    server_field{"upstream_connect_timeouts_total", "connect_timeouts",
+                 "Connects that took longer than the upstream's connect_timeout.",
+                 &proxy::server_counters::connect_timeouts},
+    server_field{"upstream_connect_errors_total", "connect_errors", "Connects that failed otherwise.",
+                 &proxy::server_counters::connect_errors},
+    server_field{"upstream_sent_bytes_total", "bytes_to", "Bytes relayed from clients to the server.",
+                 &proxy::server_counters::bytes_to},
+    server_field{"upstream_received_bytes_total", "bytes_from", "Bytes relayed from the server to clients.",
+                 &proxy::server_counters::bytes_from},
+};
+struct upstream_field {
+    const char* metric;
+    const char* json;
+    const char* help;
+    shard_counter proxy::upstream_counters::*member;
+};
+constexpr std::array upstream_fields{
+    upstream_field{"upstream_retries_total", "retries", "Connects tried again on another server.",
+                   &proxy::upstream_counters::retries},
+    upstream_field{"upstream_no_server_total", "no_server",
+                   "Clients closed because every server was down or failed to connect.",
+                   &proxy::upstream_counters::no_server},
+    upstream_field{"upstream_resets_total", "resets", "Pairs ended by a reset from one side, relayed to the other.",
+                   &proxy::upstream_counters::resets},
+    upstream_field{"upstream_half_close_timeouts_total", "half_close_timeouts",
+                   "Pairs closed because half_close_timeout passed after one side's FIN.",
+                   &proxy::upstream_counters::half_close_timeouts},
+    upstream_field{"upstream_queued_total", "queued", "Clients that waited for a server under max_connections.",
+                   &proxy::upstream_counters::queued},
+    upstream_field{"upstream_queue_full_total", "queue_full", "Clients closed at once: max_queue already waited.",
+                   &proxy::upstream_counters::queue_full},
+    upstream_field{"upstream_queue_timeouts_total", "queue_timeouts",
+                   "Clients closed after queue_timeout in the queue.", &proxy::upstream_counters::queue_timeouts},
+};
+
+void upstream_metrics(exposition& e, const std::vector<std::shared_ptr<proxy::upstream_shared>>& ups,
+                      const std::vector<std::string>& shard_names) {
+    const std::int64_t now = steady_now_ns();
+    e.family("shardd_upstream_server_up", "gauge",
+             "1 while the server is not marked down by passive health checks (max_fails in fail_timeout).");
+    for (const auto& u : ups) {
+        for (std::size_t i = 0; i < u->cfg->servers.size(); ++i) {
+            const bool down = u->servers[i]->down_until.load(std::memory_order_relaxed) > now;
+            e.sample("shardd_upstream_server_up",
+                     {{"upstream", u->cfg->name}, {"server", u->cfg->servers[i].address.to_string()}},
+                     std::uint64_t{down ? 0u : 1u});
+        }
+    }
+    e.family("shardd_upstream_server_active", "gauge", "Connections open to the server now, over all shards.");
+    for (const auto& u : ups) {
+        for (std::size_t i = 0; i < u->cfg->servers.size(); ++i) {
+            e.sample("shardd_upstream_server_active",
+                     {{"upstream", u->cfg->name}, {"server", u->cfg->servers[i].address.to_string()}},
+                     u->servers[i]->active.load(std::memory_order_relaxed));
+        }
+    }
+    for (const server_field& f : server_fields) {
+        const std::string name = std::string("shardd_") + f.metric;
+        e.family(name, "counter", f.help);
+        for (const auto& u : ups) {
+            const std::size_t n = u->cfg->servers.size();
+            for (std::size_t s = 0; s < u->shards && s < shard_names.size(); ++s) {
+                for (std::size_t i = 0; i < n; ++i) {
+                    e.sample(name,
+                             {{"shard", shard_names[s]},
+                              {"upstream", u->cfg->name},
+                              {"server", u->cfg->servers[i].address.to_string()}},
+                             (u->counters[s * n + i].*f.member).get());
+                }
+            }
+        }
+    }
+    for (const upstream_field& f : upstream_fields) {
+        const std::string name = std::string("shardd_") + f.metric;
+        e.family(name, "counter", f.help);
+        for (const auto& u : ups) {
+            for (std::size_t s = 0; s < u->shards && s < shard_names.size(); ++s) {
+                e.sample(name, {{"shard", shard_names[s]}, {"upstream", u->cfg->name}}, (u->totals[s].*f.member).get());
+            }
+        }
+    }
+    e.family("shardd_upstream_queued_seconds_total", "counter", "Time clients spent waiting for a server slot.");
+    for (const auto& u : ups) {
+        for (std::size_t s = 0; s < u->shards && s < shard_names.size(); ++s) {
+            e.sample("shardd_upstream_queued_seconds_total", {{"shard", shard_names[s]}, {"upstream", u->cfg->name}},
+                     seconds_of(u->totals[s].queued_ns.get()));
+        }
+    }
+    e.family("shardd_upstream_queue_waiting", "gauge", "Clients waiting for a server slot now.");
+    for (const auto& u : ups) {
+        for (std::size_t s = 0; s < u->shards && s < shard_names.size(); ++s) {
+            e.sample("shardd_upstream_queue_waiting", {{"shard", shard_names[s]}, {"upstream", u->cfg->name}},
+                     std::uint64_t{u->queues[s].waiting.load(std::memory_order_relaxed)});
+        }
+    }
+}
+
+std::string upstreams_json(const std::vector<std::shared_ptr<proxy::upstream_shared>>& ups) {
+    const std::int64_t now = steady_now_ns();
+    std::string out = ",\"upstreams\":[";
+    for (std::size_t k = 0; k < ups.size(); ++k) {
+        const auto& u = ups[k];
+        const std::size_t n = u->cfg->servers.size();
+        // Upstream names are checked ([A-Za-z0-9_.-]), addresses are ours.
+        out += (k ? ",{" : "{") + std::string("\"name\":\"") + u->cfg->name + "\"";
+        for (const upstream_field& f : upstream_fields) {
+            std::uint64_t total = 0;
+            for (std::size_t s = 0; s < u->shards; ++s) {
+                total += (u->totals[s].*f.member).get();
+            }
+            out += ",\"" + std::string(f.json) + "\":" + std::to_string(total);
+        }
+        out += ",\"servers\":[";
+        for (std::size_t i = 0; i < n; ++i) {
+            out += (i ? ",{" : "{") + std::string("\"address\":\"") + u->cfg->servers[i].address.to_string() +
+                   "\",\"up\":" + (u->servers[i]->down_until.load(std::memory_order_relaxed) > now ? "false" : "true") +
+                   ",\"active\":" + std::to_string(u->servers[i]->active.load(std::memory_order_relaxed));
+            for (const server_field& f : server_fields) {
+                std::uint64_t total = 0;
+                for (std::size_t s = 0; s < u->shards; ++s) {
+                    total += (u->counters[s * n + i].*f.member).get();
+                }
+                out += ",\"" + std::string(f.json) + "\":" + std::to_string(total);
+            }
+            out += "}";
+        }
+        out += "]}";
+    }
+    return out + "]";
+}
+
+}  // namespace
+
 std::string metrics_text(const admin_sources& src) {
     exposition e;
     e.family("shardd_build_info", "gauge", "Always 1; the labels say what runs.");
@@ -234,6 +385,9 @@ std::string metrics_text(const admin_sources& src) {
     }
     if (src.reactors) {
         reactor_metrics(e, *src.reactors, shard_names);
+    }
+    if (src.live) {
+        upstream_metrics(e, src.live->upstreams(), shard_names);
     }
     return e.take();
 }
@@ -290,7 +444,11 @@ std::string stats_json(const admin_sources& src) {
         }
         out += "}";
     }
-    return out + "]}\n";
+    out += "]";
+    if (src.live) {
+        out += upstreams_json(src.live->upstreams());
+    }
+    return out + "}\n";
 }
 
 response refusal(int status, const std::string& reason) {

@@ -48,7 +48,9 @@ std::int64_t steady_now_ns() noexcept {
 
 upstream_shared::upstream_shared(std::shared_ptr<const config::config> gen, const config::upstream_config& c,
                                  std::size_t n, const upstream_shared* previous)
-    : generation(std::move(gen)), cfg(&c), shards(n), queues(std::make_unique<shard_queue_state[]>(n)) {
+    : generation(std::move(gen)), cfg(&c), shards(n), queues(std::make_unique<shard_queue_state[]>(n)),
+      totals(std::make_unique<upstream_counters[]>(n)),
+      counters(std::make_unique<server_counters[]>(n * c.servers.size())) {
     for (const auto& server : c.servers) {
         std::shared_ptr<server_shared> kept;
         for (std::size_t i = 0; previous && i < previous->cfg->servers.size() && !kept; ++i) {
@@ -62,7 +64,7 @@ upstream_shared::upstream_shared(std::shared_ptr<const config::config> gen, cons
 
 upstream_local::upstream_local(upstream_shared& shared, unsigned shard_id)
     : _shared(shared), _shard(shard_id), _current(shared.cfg->servers.size(), 0), _rng(0x5eed + shard_id),
-      _counters(std::make_unique<server_counters[]>(shared.cfg->servers.size())) {
+      _counters(&shared.counters[shard_id * shared.cfg->servers.size()]), _totals(shared.totals[shard_id]) {
     _eligible.reserve(size());
     _shared.queues[shard_id].local.store(this);
     // Start each shard's round at a different server.

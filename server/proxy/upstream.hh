@@ -58,6 +58,18 @@ struct alignas(64) server_counters {
     shard_counter bytes_from;        // server -> client
 };
 
+// Per shard and upstream, single writer.
+struct alignas(64) upstream_counters {
+    shard_counter retries;    // a connect tried again on another server
+    shard_counter no_server;  // every server down or failed: client closed
+    shard_counter resets;     // an RST from one side, relayed to the other
+    shard_counter half_close_timeouts;
+    shard_counter queued;          // clients that waited for a server slot
+    shard_counter queue_full;      // closed at once: max_queue clients already waiting
+    shard_counter queue_timeouts;  // closed after queue_timeout in the queue
+    shard_counter queued_ns;       // total time spent queued
+};
+
 class upstream_local;
 
 // Clients waiting on one shard: their count, read by the other shards when
@@ -81,6 +93,11 @@ struct upstream_shared {
     std::vector<std::shared_ptr<server_shared>> servers;  // as cfg->servers
     std::size_t shards;
     std::unique_ptr<shard_queue_state[]> queues;  // [shard]
+    // The counters, here rather than in each shard's upstream_local, so
+    // that the admin endpoint can read them for as long as the process
+    // runs: each shard writes its own (single writer), anyone reads.
+    std::unique_ptr<upstream_counters[]> totals;  // [shard]
+    std::unique_ptr<server_counters[]> counters;  // [shard * servers.size() + server]
 };
 
 // A client waiting in its shard's queue for a server slot.
@@ -91,18 +108,6 @@ struct queue_waiter {
     // connection's own abort().
     abort_source wake;
     bool linked = false;
-};
-
-// Per shard and upstream, single writer.
-struct alignas(64) upstream_counters {
-    shard_counter retries;    // a connect tried again on another server
-    shard_counter no_server;  // every server down or failed: client closed
-    shard_counter resets;     // an RST from one side, relayed to the other
-    shard_counter half_close_timeouts;
-    shard_counter queued;          // clients that waited for a server slot
-    shard_counter queue_full;      // closed at once: max_queue clients already waiting
-    shard_counter queue_timeouts;  // closed after queue_timeout in the queue
-    shard_counter queued_ns;       // total time spent queued
 };
 
 // What pick() found.
@@ -172,8 +177,8 @@ private:
     // Smooth weighted round robin: each server's current weight.
     std::vector<std::int64_t> _current;
     std::minstd_rand _rng;
-    std::unique_ptr<server_counters[]> _counters;
-    upstream_counters _totals;
+    server_counters* _counters;          // this shard's, in _shared
+    upstream_counters& _totals;          // this shard's, in _shared
     std::vector<std::size_t> _eligible;  // scratch, kept to avoid allocating per pick
 };
 
