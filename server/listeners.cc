@@ -36,6 +36,7 @@ bind_listeners(const std::vector<const config::listener_config*>& listeners, std
         const config::listener_config& l = *lp;
         bound_listener& b = out.emplace_back();
         b.cfg = &l;
+        b.shared = std::make_shared<listener_shared>(shards);
         b.fds.resize(shards);
         listen_options opts;
         opts.backlog = static_cast<int>(l.backlog);

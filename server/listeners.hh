@@ -9,6 +9,7 @@
 // port it got. Under socket activation shard 0 takes systemd's socket.
 
 #include "config/config.hh"
+#include "server/counters.hh"
 #include "server/socket_activation.hh"
 
 #include "reactor/owned_fd.hh"
@@ -21,19 +22,33 @@
 
 namespace shardd::server {
 
+// One listener's counters on one shard (single writer: that shard). Its
+// own cache line per shard.
+struct alignas(64) listener_counters {
+    shard_counter accepted;
+    shard_counter closed;
+    shard_counter refused;      // at max_connections
+    shard_counter idle_closed;  // by idle_timeout
+    shard_counter errors;       // a reset, a broken pipe, a protocol error
+};
+
 // State one listener shares between its shards: the connection count that
-// max_connections bounds for the listener as a whole. Touched once per
-// accept and per close, never per byte; alignas(64) keeps it off the lines
-// of anything a shard writes per message.
+// max_connections bounds for the listener as a whole, touched once per
+// accept and per close, never per byte (alignas(64) keeps it off the lines
+// of anything a shard writes per message); and each shard's counters of
+// the listener. The daemon keeps it until exit, so that the admin endpoint
+// can read a listener a reload removed, and a connection's slot outlives it.
 struct alignas(64) listener_shared {
+    explicit listener_shared(std::size_t shards) : per_shard(std::make_unique<listener_counters[]>(shards)) {}
     std::atomic<std::uint64_t> connections{0};
+    std::unique_ptr<listener_counters[]> per_shard;
 };
 
 struct bound_listener {
     const config::listener_config* cfg = nullptr;
-    std::vector<socket_address> addresses;   // as bound: port 0 resolved
-    std::vector<std::vector<owned_fd>> fds;  // [shard][address]; a shard takes its own
-    std::shared_ptr<listener_shared> shared = std::make_shared<listener_shared>();
+    std::vector<socket_address> addresses;    // as bound: port 0 resolved
+    std::vector<std::vector<owned_fd>> fds;   // [shard][address]; a shard takes its own
+    std::shared_ptr<listener_shared> shared;  // made for `shards`
 };
 
 // Binds each of `listeners` on `shards` sockets per address. A socket systemd

@@ -70,12 +70,21 @@ expected<std::vector<shard_reload>, std::string> live_config::prepare(std::share
 }
 
 void live_config::commit() {
+    std::lock_guard lock(_current_mutex);
     _listeners = std::move(_next_listeners);
     _next_listeners.clear();
-    std::lock_guard lock(_current_mutex);
     _upstreams = std::move(_next_upstreams);
     _next_upstreams.clear();
     _current = std::move(_next);
+}
+
+std::vector<std::pair<std::string, std::shared_ptr<listener_shared>>> live_config::listeners() const {
+    std::lock_guard lock(_current_mutex);
+    std::vector<std::pair<std::string, std::shared_ptr<listener_shared>>> out;
+    for (const auto& l : _current->listeners) {
+        out.emplace_back(l.name, _listeners.at(l.name).shared);
+    }
+    return out;
 }
 
 std::vector<std::shared_ptr<proxy::upstream_shared>> live_config::upstreams() const {

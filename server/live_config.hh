@@ -49,6 +49,8 @@ public:
     // The current generation of every upstream, in config order. Any thread
     // (the admin endpoint reads their counters; generations live until exit).
     std::vector<std::shared_ptr<proxy::upstream_shared>> upstreams() const;
+    // Every listener in effect, by name, in config order. Any thread.
+    std::vector<std::pair<std::string, std::shared_ptr<listener_shared>>> listeners() const;
     // Addresses of each listener as bound (port 0 resolved), in config order.
     std::vector<std::pair<std::string, std::vector<socket_address>>> addresses() const;
 
@@ -60,7 +62,8 @@ private:
     };
 
     std::size_t _shards;
-    // Guards _current and _upstreams, which other threads read; the rest is
+    // Guards _current, _listeners and _upstreams, which other threads read
+    // (the main thread, their only writer, reads them without it); the rest is
     // the main thread's alone.
     mutable std::mutex _current_mutex;
     std::shared_ptr<const config::config> _current;

@@ -94,6 +94,7 @@ task<void> serve(shard_state& sh, listener_state& l, owned_fd fd, connection_slo
     guard.unlink();
     if (end == transit_end::recv_error || end == transit_end::send_error || end == transit_end::protocol_error) {
         sh.counters->errors.add();
+        l.shared->per_shard[sh.id].errors.add();
     }
     if (sh.access) {
         access_record r;
@@ -147,6 +148,7 @@ task<void> accept_loop(shard_state& sh, listener_state& l, int lfd) {
         auto slot = connection_slot::try_take(*l.shared, l.cfg->max_connections);
         if (!slot) {
             sh.counters->refused.add();
+            l.shared->per_shard[sh.id].refused.add();
             if (sh.access) {
                 access_record rec;
                 rec.listener = l.cfg->name;
@@ -166,6 +168,7 @@ task<void> accept_loop(shard_state& sh, listener_state& l, int lfd) {
         }
         l.at_limit = false;
         sh.counters->accepted.add();
+        l.shared->per_shard[sh.id].accepted.add();
         // Counted now, not when serve() first runs: the drain must wait for
         // a connection whose task has not started yet.
         ++sh.connections;
@@ -187,7 +190,7 @@ task<void> accept_loop(shard_state& sh, listener_state& l, int lfd) {
 // Closes connections with no byte in either direction for idle_timeout. It
 // takes the listener's idle_timeout afresh every period (a reload may change
 // it), and ends when a reload sets it to 0, or on stop_sweep.
-task<void> idle_sweep(listener_state& l, shard_counters& counters) {
+task<void> idle_sweep(listener_state& l, shard_counters& counters, listener_counters& mine) {
     l.sweeping = true;
     while (!l.stop_sweep.abort_requested() && l.cfg->idle_timeout.count() > 0) {
         // Awaitables are named, not temporaries in the conditions: GCC 12
@@ -217,6 +220,7 @@ task<void> idle_sweep(listener_state& l, shard_counters& counters) {
                 e->aborted_for = ended::idle_timeout;
                 e->conn->abort();
                 counters.idle_closed.add();
+                mine.idle_closed.add();
             }
         }
     }
@@ -337,7 +341,7 @@ void configure(shard_state& sh, listener_state& l, const std::shared_ptr<const c
         }
     }
     if (cfg.idle_timeout.count() > 0 && !l.sweeping) {
-        sh.housekeeping.push_back(executor::current()->spawn(idle_sweep(l, *sh.counters)));
+        sh.housekeeping.push_back(executor::current()->spawn(idle_sweep(l, *sh.counters, l.shared->per_shard[sh.id])));
     }
 }
 

@@ -137,6 +137,7 @@ public:
         _fd.reset();
         _slot.reset();
         _sh.counters->closed.add();
+        _l.shared->per_shard[_sh.id].closed.add();
         if (--_sh.connections == 0 && _sh.draining) {
             _sh.drained.set();
         }

@@ -188,7 +188,7 @@ TEST_CASE("a task that throws closes its socket, gives its slot back, and is log
     auto previous = spdlog::default_logger();
     spdlog::set_default_logger(
         std::make_shared<spdlog::logger>("capture", std::make_shared<spdlog::sinks::ostream_sink_st>(log)));
-    server::listener_shared shared;
+    server::listener_shared shared(1);
     int raw = -1;
     {
         auto ex = make_executor();
@@ -219,7 +219,7 @@ TEST_CASE("a task that throws closes its socket, gives its slot back, and is log
 }
 
 TEST_CASE("connection_slot: at most `limit` taken, each given back once", "[abort]") {
-    server::listener_shared shared;
+    server::listener_shared shared(1);
     {
         auto a = server::connection_slot::try_take(shared, 2);
         auto b = server::connection_slot::try_take(shared, 2);

@@ -128,6 +128,10 @@ TEST_CASE("/metrics: a real Prometheus parser reads it, and the counters follow 
     // The parser drops the _total suffix from a counter family's name, not
     // from its samples.
     CHECK(sample_value(samples, "shardd_connections_accepted_total{shard=0}") == 5);
+    CHECK(sample_value(samples, "shardd_listener_connections_accepted_total{listener=e,shard=0}") == 5);
+    CHECK(sample_value(samples, "shardd_listener_connections_closed_total{listener=e,shard=0}") == 5);
+    CHECK(sample_value(samples, "shardd_listener_connections_refused_total{listener=e,shard=0}") == 0);
+    CHECK(sample_value(samples, "shardd_listener_connections_active{listener=e}") == 0);
     CHECK(sample_value(samples, "shardd_received_bytes_total{shard=0}") == 5000);
     CHECK(sample_value(samples, "shardd_sent_bytes_total{shard=0}") == 5000);
     CHECK(sample_value(samples, "shardd_shard_up{shard=0}") == 1);
@@ -234,6 +238,14 @@ TEST_CASE("/healthz, /readyz, /stats, /config and /", "[admin]") {
     CHECK(r.status == 200);
     CHECK_THAT(r.head, Catch::Contains("Content-Type: application/json"));
     CHECK_THAT(r.body, Catch::StartsWith("{\"version\":") && Catch::Contains("\"shards\":[{\"shard\":0,\"up\":true"));
+    CHECK_THAT(r.body, Catch::Contains("\"listeners\":[{\"name\":\"e\",\"active\":0,\"accepted\":0,"));
+    {
+        // Valid JSON, by a real parser.
+        temp_file body("stats.json", r.body);
+        const run_result p =
+            run_program("/usr/bin/python3", {"-c", "import json,sys; json.load(open(sys.argv[1]))", body.path()});
+        CHECK(p.exit_code == 0);
+    }
     r = get(a.admin, "/config");
     CHECK(r.status == 200);
     CHECK_THAT(r.body, Catch::Contains("[admin]") && Catch::Contains("name = \"e\""));

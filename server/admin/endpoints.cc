@@ -248,6 +248,49 @@ constexpr std::array upstream_fields{
                    "Clients closed after queue_timeout in the queue.", &proxy::upstream_counters::queue_timeouts},
 };
 
+struct listener_field {
+    const char* metric;
+    const char* help;
+    shard_counter listener_counters::*member;
+};
+// Per listener and shard. A listener a reload moves to new addresses starts
+// again at 0 (a new one, to Prometheus' rate(): a reset).
+constexpr std::array listener_fields{
+    listener_field{"listener_connections_accepted_total", "Connections the listener accepted.",
+                   &listener_counters::accepted},
+    listener_field{"listener_connections_closed_total", "Connections of the listener closed, for any reason.",
+                   &listener_counters::closed},
+    listener_field{"listener_connections_refused_total",
+                   "Connections accepted and closed at once: the listener was at max_connections.",
+                   &listener_counters::refused},
+    listener_field{"listener_connections_idle_closed_total", "Connections of the listener closed by idle_timeout.",
+                   &listener_counters::idle_closed},
+    listener_field{"listener_connection_errors_total",
+                   "Connections of the listener that ended in a reset, a broken pipe or a protocol error.",
+                   &listener_counters::errors},
+};
+
+void listener_metrics(exposition& e,
+                      const std::vector<std::pair<std::string, std::shared_ptr<listener_shared>>>& listeners,
+                      const std::vector<std::string>& shard_names) {
+    e.family("shardd_listener_connections_active", "gauge",
+             "Connections open on the listener now, over all shards (what max_connections bounds).");
+    for (const auto& [name, shared] : listeners) {
+        e.sample("shardd_listener_connections_active", {{"listener", name}},
+                 shared->connections.load(std::memory_order_relaxed));
+    }
+    for (const listener_field& f : listener_fields) {
+        const std::string metric = std::string("shardd_") + f.metric;
+        e.family(metric, "counter", f.help);
+        for (const auto& [name, shared] : listeners) {
+            for (std::size_t s = 0; s < shard_names.size(); ++s) {
+                e.sample(metric, {{"listener", name}, {"shard", shard_names[s]}},
+                         (shared->per_shard[s].*f.member).get());
+            }
+        }
+    }
+}
+
 void upstream_metrics(exposition& e, const std::vector<std::shared_ptr<proxy::upstream_shared>>& ups,
                       const std::vector<std::string>& shard_names) {
     const std::int64_t now = steady_now_ns();
@@ -308,6 +351,30 @@ void upstream_metrics(exposition& e, const std::vector<std::shared_ptr<proxy::up
                      std::uint64_t{u->queues[s].waiting.load(std::memory_order_relaxed)});
         }
     }
+}
+
+std::string listeners_json(const std::vector<std::pair<std::string, std::shared_ptr<listener_shared>>>& listeners,
+                           std::size_t shards) {
+    std::string out = ",\"listeners\":[";
+    for (std::size_t k = 0; k < listeners.size(); ++k) {
+        const auto& [name, shared] = listeners[k];
+        // Listener names are checked ([A-Za-z0-9_.-]): no escaping needed.
+        out += (k ? ",{" : "{") + std::string("\"name\":\"") + name +
+               "\",\"active\":" + std::to_string(shared->connections.load(std::memory_order_relaxed));
+        for (const auto& [key, member] :
+             {std::pair{"accepted", &listener_counters::accepted}, std::pair{"closed", &listener_counters::closed},
+              std::pair{"refused", &listener_counters::refused},
+              std::pair{"idle_closed", &listener_counters::idle_closed},
+              std::pair{"errors", &listener_counters::errors}}) {
+            std::uint64_t total = 0;
+            for (std::size_t s = 0; s < shards; ++s) {
+                total += (shared->per_shard[s].*member).get();
+            }
+            out += ",\"" + std::string(key) + "\":" + std::to_string(total);
+        }
+        out += "}";
+    }
+    return out + "]";
 }
 
 std::string upstreams_json(const std::vector<std::shared_ptr<proxy::upstream_shared>>& ups) {
@@ -387,6 +454,7 @@ std::string metrics_text(const admin_sources& src) {
         reactor_metrics(e, *src.reactors, shard_names);
     }
     if (src.live) {
+        listener_metrics(e, src.live->listeners(), shard_names);
         upstream_metrics(e, src.live->upstreams(), shard_names);
     }
     return e.take();
@@ -446,6 +514,7 @@ std::string stats_json(const admin_sources& src) {
     }
     out += "]";
     if (src.live) {
+        out += listeners_json(src.live->listeners(), src.counters->size());
         out += upstreams_json(src.live->upstreams());
     }
     return out + "}\n";
