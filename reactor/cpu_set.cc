@@ -78,15 +78,22 @@ expected<cpu_set> allowed_cpus() {
     return unexpected{errno_code(EINVAL)};
 }
 
-std::error_code pin_current_thread(unsigned cpu) {
-    const int bits = static_cast<int>(cpu) + 1;
+std::error_code pin_current_thread(unsigned cpu) { return set_current_thread_cpus(cpu_set({cpu})); }
+
+std::error_code set_current_thread_cpus(const cpu_set& cpus) {
+    if (cpus.empty()) {
+        return errno_code(EINVAL);
+    }
+    const int bits = static_cast<int>(cpus.cpus().back()) + 1;
     std::unique_ptr<cpu_set_t, cpu_mask_deleter> mask(CPU_ALLOC(bits));
     if (!mask) {
         return errno_code(ENOMEM);
     }
     const std::size_t bytes = CPU_ALLOC_SIZE(bits);
     CPU_ZERO_S(bytes, mask.get());
-    CPU_SET_S(cpu, bytes, mask.get());
+    for (unsigned cpu : cpus.cpus()) {
+        CPU_SET_S(cpu, bytes, mask.get());
+    }
     // pthread_setaffinity_np returns the error number instead of setting errno.
     if (int rc = pthread_setaffinity_np(pthread_self(), bytes, mask.get()); rc != 0) {
         return errno_code(rc);

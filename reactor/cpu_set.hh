@@ -39,5 +39,7 @@ expected<cpu_set> allowed_cpus();
 
 // Pins the calling thread to exactly one CPU.
 std::error_code pin_current_thread(unsigned cpu);
+// Lets the calling thread run on `cpus` only (not empty).
+std::error_code set_current_thread_cpus(const cpu_set& cpus);
 
 }  // namespace shardd

@@ -356,6 +356,7 @@ int run_daemon(config::config cfg, const cpu_set& cpus, const daemon_options& op
         src.phase = &phase;
         src.started = process_start;
         src.ring_flags = ring_flags;
+        src.shard_cpus = cpus;
         auto a = admin::admin_server::start(*boot->admin.listen, src);
         if (!a) {
             spdlog::critical("{}", a.error());

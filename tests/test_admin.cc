@@ -7,8 +7,12 @@
 #include "tests/support/echo_peers.hh"
 #include "tests/support/proxy_peers.hh"
 
+#include "reactor/cpu_set.hh"
+
 #include <catch2/catch.hpp>
 #include <csignal>
+#include <filesystem>
+#include <fstream>
 #include <poll.h>
 #include <regex>
 #include <sys/socket.h>
@@ -224,6 +228,34 @@ TEST_CASE("/metrics and /stats: every upstream server's counters, health and ope
     CHECK_THAT(stats.body, Catch::Contains("{\"address\":\"" + bad +
                                            "\",\"up\":false,\"active\":0,"
                                            "\"connections\":0,\"connect_refused\":1,"));
+}
+
+TEST_CASE("the admin thread is named and keeps off the shard's CPU when it can", "[admin]") {
+    admin_daemon a;  // one shard, on the first allowed CPU
+    const auto allowed = shardd::allowed_cpus();
+    REQUIRE(allowed.has_value());
+    std::string affinity;
+    for (const auto& t : std::filesystem::directory_iterator("/proc/" + std::to_string(a.d->pid()) + "/task")) {
+        std::ifstream comm(t.path() / "comm");
+        std::string name;
+        std::getline(comm, name);
+        if (name == "shardd/admin") {
+            std::ifstream status(t.path() / "status");
+            for (std::string line; std::getline(status, line);) {
+                if (line.rfind("Cpus_allowed_list:", 0) == 0) {
+                    affinity = line.substr(line.find_first_not_of(" \t", 18));
+                }
+            }
+        }
+    }
+    REQUIRE(!affinity.empty());
+    const std::string shard_cpu = std::to_string(allowed->cpus()[0]);
+    if (allowed->size() > 1) {
+        CHECK(shardd::cpu_set(std::vector<unsigned>(allowed->cpus().begin() + 1, allowed->cpus().end())).to_string() ==
+              affinity);
+    } else {
+        CHECK(affinity == shard_cpu);
+    }
 }
 
 TEST_CASE("/healthz, /readyz, /stats, /config and /", "[admin]") {

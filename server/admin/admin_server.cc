@@ -14,6 +14,7 @@
 #include <cerrno>
 #include <cstring>
 #include <future>
+#include <pthread.h>
 #include <spdlog/spdlog.h>
 #include <sys/eventfd.h>
 #include <unistd.h>
@@ -177,6 +178,20 @@ expected<std::unique_ptr<admin_server>, std::string> admin_server::start(const s
     auto made_result = made.get_future();
     const int stop_fd = s->_stop_fd;
     s->_thread = std::thread([made = std::move(made), src = std::move(sources), fd = std::move(*l), stop_fd]() mutable {
+        // In top and /proc: apart from the main thread, whose name it would
+        // inherit.
+        pthread_setname_np(pthread_self(), "shardd/admin");
+        if (auto allowed = allowed_cpus()) {
+            cpu_set spare;
+            for (unsigned cpu : allowed->cpus()) {
+                if (!src.shard_cpus.contains(cpu)) {
+                    spare.add(cpu);
+                }
+            }
+            if (!spare.empty()) {
+                (void)set_current_thread_cpus(spare);  // best effort
+            }
+        }
         auto ex = executor::create(admin_executor_config());
         if (!ex) {
             made.set_value(ex.error().message);

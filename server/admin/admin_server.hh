@@ -59,6 +59,10 @@ struct admin_sources {
     const std::atomic<daemon_phase>* phase = nullptr;
     std::chrono::system_clock::time_point started;
     std::string ring_flags;  // shard 0's main ring, as logged at start
+    // The shards' CPUs: the admin thread keeps off them where the process
+    // may run elsewhere, so that rendering a scrape never takes a shard's
+    // CPU (on a machine with a shard on every CPU it shares them).
+    cpu_set shard_cpus;
 };
 
 class admin_server {
