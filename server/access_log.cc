@@ -1,6 +1,7 @@
 #include "server/access_log.hh"
 
 #include "reactor/io.hh"
+#include "reactor/net.hh"
 
 #include <algorithm>
 #include <climits>
@@ -91,6 +92,22 @@ std::string access_log::format_line(const access_record& r, config::log_format f
                std::to_string(r.bytes_to_client) + " " + dur + " " + std::string(r.end) + "\n";
     }
     return out;
+}
+
+access_start::access_start(const access_log* log, int fd) : at(std::chrono::steady_clock::now()) {
+    if (log) {
+        if (auto p = peer_address(fd)) {
+            client = *p;
+        }
+    }
+}
+
+access_record access_start::record(std::string_view listener) const {
+    access_record r;
+    r.listener = listener;
+    r.client = client;
+    r.duration = std::chrono::steady_clock::now() - at;
+    return r;
 }
 
 access_log::access_log(int fd, config::log_format format, access_log_reopen* reopen, shard_counter& dropped)

@@ -60,6 +60,18 @@ struct access_record {
     std::string_view end;
 };
 
+// What a connection's line needs from its start: when, and from whom.
+// getpeername(2) runs only while the log is on, and at the start: after a
+// reset it fails.
+struct access_start {
+    access_start(const class access_log* log, int fd);
+    // A record with the listener, the client and the duration until now.
+    access_record record(std::string_view listener) const;
+
+    std::chrono::steady_clock::time_point at;
+    std::optional<socket_address> client;
+};
+
 // A new file descriptor for the shards' writers (SIGUSR1), one slot per
 // shard. alignas(64): written by the main thread, read by one shard.
 struct alignas(64) access_log_reopen {

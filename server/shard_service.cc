@@ -81,13 +81,7 @@ task<void> serve(shard_state& sh, listener_state& l, owned_fd fd, connection_slo
     if (l.cfg->nodelay) {
         set_nodelay(guard.fd(), true);  // best effort: the echo still works without
     }
-    const auto started = std::chrono::steady_clock::now();
-    std::optional<socket_address> client;
-    if (sh.access) {
-        if (auto p = peer_address(guard.fd())) {
-            client = *p;
-        }
-    }
+    const access_start started(sh.access.get(), guard.fd());
     transit conn(guard.fd(), guard.fd(), *sh.buffers, l.echo, *sh.counters, *sh.log);
     guard.link(conn);
     const transit_end end = co_await conn.run();
@@ -97,12 +91,9 @@ task<void> serve(shard_state& sh, listener_state& l, owned_fd fd, connection_slo
         l.shared->per_shard[sh.id].errors.add();
     }
     if (sh.access) {
-        access_record r;
-        r.listener = l.cfg->name;
-        r.client = client;
+        access_record r = started.record(l.cfg->name);
         r.bytes_from_client = conn.bytes_received();
         r.bytes_to_client = conn.bytes_sent();
-        r.duration = std::chrono::steady_clock::now() - started;
         r.end = echo_end(end, guard.aborted_for());
         sh.access->record(r);
     }
@@ -150,11 +141,7 @@ task<void> accept_loop(shard_state& sh, listener_state& l, int lfd) {
             sh.counters->refused.add();
             l.shared->per_shard[sh.id].refused.add();
             if (sh.access) {
-                access_record rec;
-                rec.listener = l.cfg->name;
-                if (auto p = peer_address(fd->get())) {
-                    rec.client = *p;
-                }
+                access_record rec = access_start(sh.access.get(), fd->get()).record(l.cfg->name);
                 rec.end = ended::refused;
                 sh.access->record(rec);
             }

@@ -16,68 +16,74 @@ namespace shardd::server::admin {
 namespace {
 
 // Every per-shard counter, once: /metrics and /stats both walk this table.
+// A counter as /metrics (shardd_<metric>, a _total counter) and /stats
+// (its key) show it, and where it lives in a struct of single-writer
+// counters: the shard's, a listener's, an upstream's or a server's.
+template <typename Counters>
 struct counter_field {
-    const char* metric;  // shardd_<metric>, a _total counter
-    const char* json;    // its key in /stats
+    const char* metric;
+    const char* json;
     const char* help;
-    shard_counter shard_counters::*member;
+    shard_counter Counters::*member;
 };
-constexpr std::array counter_fields{
-    counter_field{"connections_accepted_total", "accepted", "Connections accepted, all listeners of the shard.",
-                  &shard_counters::accepted},
-    counter_field{"connections_closed_total", "closed", "Connections closed, for any reason.", &shard_counters::closed},
-    counter_field{"connections_refused_total", "refused",
-                  "Connections accepted and closed at once: the listener was at max_connections.",
-                  &shard_counters::refused},
-    counter_field{"connections_idle_closed_total", "idle_closed",
-                  "Connections closed by idle_timeout (for a proxied pair: no byte either way).",
-                  &shard_counters::idle_closed},
-    counter_field{"connection_errors_total", "errors",
-                  "Connections that ended in an error (a reset, a broken pipe) or broke the protocol.",
-                  &shard_counters::errors},
-    counter_field{"protocol_errors_total", "protocol_errors",
-                  "Connections closed for not speaking the listener's protocol (sockperf framing).",
-                  &shard_counters::protocol_errors},
-    counter_field{"received_bytes_total", "bytes_in", "Bytes received from peers (clients and upstream servers).",
-                  &shard_counters::bytes_in},
-    counter_field{"sent_bytes_total", "bytes_out", "Bytes sent to peers (clients and upstream servers).",
-                  &shard_counters::bytes_out},
-    counter_field{"spilled_bytes_total", "bytes_spilled",
-                  "Bytes a peer did not take at once, copied from the receive pool into their connection's own "
-                  "memory.",
-                  &shard_counters::bytes_spilled},
-    counter_field{"backpressure_pauses_total", "backpressure_pauses",
-                  "Times a connection stopped receiving because the other side did not take what it sent.",
-                  &shard_counters::backpressure_pauses},
-    counter_field{"recv_enobufs_total", "enobufs", "Receives that found the shard's receive buffer ring empty.",
-                  &shard_counters::enobufs},
-    counter_field{"accept_backoffs_total", "accept_backoffs",
-                  "Accept failures for lack of descriptors or memory, each followed by a back-off.",
-                  &shard_counters::accept_backoffs},
-    counter_field{"peer_log_suppressed_total", "log_suppressed",
-                  "Log lines caused by peers and left out by the rate limit (10 a second per shard).",
-                  &shard_counters::log_suppressed},
-    counter_field{"access_log_dropped_total", "access_log_dropped",
-                  "Access log lines dropped because the log's target was too slow or gone.",
-                  &shard_counters::access_log_dropped},
+constexpr std::array<counter_field<shard_counters>, 14> counter_fields{
+    counter_field<shard_counters>{"connections_accepted_total", "accepted",
+                                  "Connections accepted, all listeners of the shard.", &shard_counters::accepted},
+    counter_field<shard_counters>{"connections_closed_total", "closed", "Connections closed, for any reason.",
+                                  &shard_counters::closed},
+    counter_field<shard_counters>{"connections_refused_total", "refused",
+                                  "Connections accepted and closed at once: the listener was at max_connections.",
+                                  &shard_counters::refused},
+    counter_field<shard_counters>{"connections_idle_closed_total", "idle_closed",
+                                  "Connections closed by idle_timeout (for a proxied pair: no byte either way).",
+                                  &shard_counters::idle_closed},
+    counter_field<shard_counters>{"connection_errors_total", "errors",
+                                  "Connections that ended in an error (a reset, a broken pipe) or broke the protocol.",
+                                  &shard_counters::errors},
+    counter_field<shard_counters>{"protocol_errors_total", "protocol_errors",
+                                  "Connections closed for not speaking the listener's protocol (sockperf framing).",
+                                  &shard_counters::protocol_errors},
+    counter_field<shard_counters>{"received_bytes_total", "bytes_in",
+                                  "Bytes received from peers (clients and upstream servers).",
+                                  &shard_counters::bytes_in},
+    counter_field<shard_counters>{"sent_bytes_total", "bytes_out",
+                                  "Bytes sent to peers (clients and upstream servers).", &shard_counters::bytes_out},
+    counter_field<shard_counters>{
+        "spilled_bytes_total", "bytes_spilled",
+        "Bytes a peer did not take at once, copied from the receive pool into their connection's own "
+        "memory.",
+        &shard_counters::bytes_spilled},
+    counter_field<shard_counters>{
+        "backpressure_pauses_total", "backpressure_pauses",
+        "Times a connection stopped receiving because the other side did not take what it sent.",
+        &shard_counters::backpressure_pauses},
+    counter_field<shard_counters>{"recv_enobufs_total", "enobufs",
+                                  "Receives that found the shard's receive buffer ring empty.",
+                                  &shard_counters::enobufs},
+    counter_field<shard_counters>{"accept_backoffs_total", "accept_backoffs",
+                                  "Accept failures for lack of descriptors or memory, each followed by a back-off.",
+                                  &shard_counters::accept_backoffs},
+    counter_field<shard_counters>{"peer_log_suppressed_total", "log_suppressed",
+                                  "Log lines caused by peers and left out by the rate limit (10 a second per shard).",
+                                  &shard_counters::log_suppressed},
+    counter_field<shard_counters>{"access_log_dropped_total", "access_log_dropped",
+                                  "Access log lines dropped because the log's target was too slow or gone.",
+                                  &shard_counters::access_log_dropped},
 };
 
 // The reactor's counters, as each shard publishes them with its heartbeat
 // (server/reactor_stats.hh): at most 100 ms old.
-struct reactor_field {
-    const char* metric;
-    const char* json;
-    const char* help;
-    shard_counter reactor_stats::*member;
-};
 constexpr std::array reactor_fields{
-    reactor_field{"reactor_parks_total", "parks", "Times the shard's loop had nothing to do and slept in the kernel.",
-                  &reactor_stats::parks},
-    reactor_field{"reactor_eventfd_wakeups_total", "eventfd_wakeups",
-                  "Times another thread woke the sleeping shard through its eventfd.", &reactor_stats::eventfd_wakeups},
-    reactor_field{"reactor_stalls_total", "stalls",
-                  "Task slices that held the shard's CPU longer than runtime.stall_threshold (each one logged).",
-                  &reactor_stats::stalls},
+    counter_field<reactor_stats>{"reactor_parks_total", "parks",
+                                 "Times the shard's loop had nothing to do and slept in the kernel.",
+                                 &reactor_stats::parks},
+    counter_field<reactor_stats>{"reactor_eventfd_wakeups_total", "eventfd_wakeups",
+                                 "Times another thread woke the sleeping shard through its eventfd.",
+                                 &reactor_stats::eventfd_wakeups},
+    counter_field<reactor_stats>{
+        "reactor_stalls_total", "stalls",
+        "Task slices that held the shard's CPU longer than runtime.stall_threshold (each one logged).",
+        &reactor_stats::stalls},
 };
 constexpr std::array queue_fields{
     std::pair{"task_queue_tasks_run_total", &reactor_stats::queue_stats::tasks_run},
@@ -155,7 +161,7 @@ void reactor_metrics(exposition& e, const std::vector<reactor_stats>& reactors,
                      reactors[i].rings[r].cqes.get());
         }
     }
-    for (const reactor_field& f : reactor_fields) {
+    for (const counter_field<reactor_stats>& f : reactor_fields) {
         const std::string name = std::string("shardd_") + f.metric;
         e.family(name, "counter", f.help);
         for (std::size_t i = 0; i < reactors.size(); ++i) {
@@ -202,72 +208,65 @@ namespace {
 // (open connections, health). A reload that changes an upstream starts a
 // new generation, whose counters start at 0 (Prometheus' rate() reads that
 // as a reset).
-struct server_field {
-    const char* metric;
-    const char* json;
-    const char* help;
-    shard_counter proxy::server_counters::*member;
-};
 constexpr std::array server_fields{
-    server_field{"upstream_connections_total", "connections", "Connections made to the server.",
-                 &proxy::server_counters::connections},
-    server_field{"upstream_connect_refused_total", "connect_refused", "Connects the server refused (ECONNREFUSED).",
-                 &proxy::server_counters::connect_refused},
-    server_field{"upstream_connect_timeouts_total", "connect_timeouts",
-                 "Connects that took longer than the upstream's connect_timeout.",
-                 &proxy::server_counters::connect_timeouts},
-    server_field{"upstream_connect_errors_total", "connect_errors", "Connects that failed otherwise.",
-                 &proxy::server_counters::connect_errors},
-    server_field{"upstream_sent_bytes_total", "bytes_to", "Bytes relayed from clients to the server.",
-                 &proxy::server_counters::bytes_to},
-    server_field{"upstream_received_bytes_total", "bytes_from", "Bytes relayed from the server to clients.",
-                 &proxy::server_counters::bytes_from},
-};
-struct upstream_field {
-    const char* metric;
-    const char* json;
-    const char* help;
-    shard_counter proxy::upstream_counters::*member;
+    counter_field<proxy::server_counters>{"upstream_connections_total", "connections",
+                                          "Connections made to the server.", &proxy::server_counters::connections},
+    counter_field<proxy::server_counters>{"upstream_connect_refused_total", "connect_refused",
+                                          "Connects the server refused (ECONNREFUSED).",
+                                          &proxy::server_counters::connect_refused},
+    counter_field<proxy::server_counters>{"upstream_connect_timeouts_total", "connect_timeouts",
+                                          "Connects that took longer than the upstream's connect_timeout.",
+                                          &proxy::server_counters::connect_timeouts},
+    counter_field<proxy::server_counters>{"upstream_connect_errors_total", "connect_errors",
+                                          "Connects that failed otherwise.", &proxy::server_counters::connect_errors},
+    counter_field<proxy::server_counters>{"upstream_sent_bytes_total", "bytes_to",
+                                          "Bytes relayed from clients to the server.",
+                                          &proxy::server_counters::bytes_to},
+    counter_field<proxy::server_counters>{"upstream_received_bytes_total", "bytes_from",
+                                          "Bytes relayed from the server to clients.",
+                                          &proxy::server_counters::bytes_from},
 };
 constexpr std::array upstream_fields{
-    upstream_field{"upstream_retries_total", "retries", "Connects tried again on another server.",
-                   &proxy::upstream_counters::retries},
-    upstream_field{"upstream_no_server_total", "no_server",
-                   "Clients closed because every server was down or failed to connect.",
-                   &proxy::upstream_counters::no_server},
-    upstream_field{"upstream_resets_total", "resets", "Pairs ended by a reset from one side, relayed to the other.",
-                   &proxy::upstream_counters::resets},
-    upstream_field{"upstream_half_close_timeouts_total", "half_close_timeouts",
-                   "Pairs closed because half_close_timeout passed after one side's FIN.",
-                   &proxy::upstream_counters::half_close_timeouts},
-    upstream_field{"upstream_queued_total", "queued", "Clients that waited for a server under max_connections.",
-                   &proxy::upstream_counters::queued},
-    upstream_field{"upstream_queue_full_total", "queue_full", "Clients closed at once: max_queue already waited.",
-                   &proxy::upstream_counters::queue_full},
-    upstream_field{"upstream_queue_timeouts_total", "queue_timeouts",
-                   "Clients closed after queue_timeout in the queue.", &proxy::upstream_counters::queue_timeouts},
+    counter_field<proxy::upstream_counters>{"upstream_retries_total", "retries",
+                                            "Connects tried again on another server.",
+                                            &proxy::upstream_counters::retries},
+    counter_field<proxy::upstream_counters>{"upstream_no_server_total", "no_server",
+                                            "Clients closed because every server was down or failed to connect.",
+                                            &proxy::upstream_counters::no_server},
+    counter_field<proxy::upstream_counters>{"upstream_resets_total", "resets",
+                                            "Pairs ended by a reset from one side, relayed to the other.",
+                                            &proxy::upstream_counters::resets},
+    counter_field<proxy::upstream_counters>{"upstream_half_close_timeouts_total", "half_close_timeouts",
+                                            "Pairs closed because half_close_timeout passed after one side's FIN.",
+                                            &proxy::upstream_counters::half_close_timeouts},
+    counter_field<proxy::upstream_counters>{"upstream_queued_total", "queued",
+                                            "Clients that waited for a server under max_connections.",
+                                            &proxy::upstream_counters::queued},
+    counter_field<proxy::upstream_counters>{"upstream_queue_full_total", "queue_full",
+                                            "Clients closed at once: max_queue already waited.",
+                                            &proxy::upstream_counters::queue_full},
+    counter_field<proxy::upstream_counters>{"upstream_queue_timeouts_total", "queue_timeouts",
+                                            "Clients closed after queue_timeout in the queue.",
+                                            &proxy::upstream_counters::queue_timeouts},
 };
 
-struct listener_field {
-    const char* metric;
-    const char* help;
-    shard_counter listener_counters::*member;
-};
 // Per listener and shard. A listener a reload moves to new addresses starts
 // again at 0 (a new one, to Prometheus' rate(): a reset).
 constexpr std::array listener_fields{
-    listener_field{"listener_connections_accepted_total", "Connections the listener accepted.",
-                   &listener_counters::accepted},
-    listener_field{"listener_connections_closed_total", "Connections of the listener closed, for any reason.",
-                   &listener_counters::closed},
-    listener_field{"listener_connections_refused_total",
-                   "Connections accepted and closed at once: the listener was at max_connections.",
-                   &listener_counters::refused},
-    listener_field{"listener_connections_idle_closed_total", "Connections of the listener closed by idle_timeout.",
-                   &listener_counters::idle_closed},
-    listener_field{"listener_connection_errors_total",
-                   "Connections of the listener that ended in a reset, a broken pipe or a protocol error.",
-                   &listener_counters::errors},
+    counter_field<listener_counters>{"listener_connections_accepted_total", "accepted",
+                                     "Connections the listener accepted.", &listener_counters::accepted},
+    counter_field<listener_counters>{"listener_connections_closed_total", "closed",
+                                     "Connections of the listener closed, for any reason.", &listener_counters::closed},
+    counter_field<listener_counters>{"listener_connections_refused_total", "refused",
+                                     "Connections accepted and closed at once: the listener was at max_connections.",
+                                     &listener_counters::refused},
+    counter_field<listener_counters>{"listener_connections_idle_closed_total", "idle_closed",
+                                     "Connections of the listener closed by idle_timeout.",
+                                     &listener_counters::idle_closed},
+    counter_field<listener_counters>{
+        "listener_connection_errors_total", "errors",
+        "Connections of the listener that ended in a reset, a broken pipe or a protocol error.",
+        &listener_counters::errors},
 };
 
 void listener_metrics(exposition& e,
@@ -279,7 +278,7 @@ void listener_metrics(exposition& e,
         e.sample("shardd_listener_connections_active", {{"listener", name}},
                  shared->connections.load(std::memory_order_relaxed));
     }
-    for (const listener_field& f : listener_fields) {
+    for (const counter_field<listener_counters>& f : listener_fields) {
         const std::string metric = std::string("shardd_") + f.metric;
         e.family(metric, "counter", f.help);
         for (const auto& [name, shared] : listeners) {
@@ -312,7 +311,7 @@ void upstream_metrics(exposition& e, const std::vector<std::shared_ptr<proxy::up
                      u->servers[i]->active.load(std::memory_order_relaxed));
         }
     }
-    for (const server_field& f : server_fields) {
+    for (const counter_field<proxy::server_counters>& f : server_fields) {
         const std::string name = std::string("shardd_") + f.metric;
         e.family(name, "counter", f.help);
         for (const auto& u : ups) {
@@ -328,7 +327,7 @@ void upstream_metrics(exposition& e, const std::vector<std::shared_ptr<proxy::up
             }
         }
     }
-    for (const upstream_field& f : upstream_fields) {
+    for (const counter_field<proxy::upstream_counters>& f : upstream_fields) {
         const std::string name = std::string("shardd_") + f.metric;
         e.family(name, "counter", f.help);
         for (const auto& u : ups) {
@@ -361,16 +360,12 @@ std::string listeners_json(const std::vector<std::pair<std::string, std::shared_
         // Listener names are checked ([A-Za-z0-9_.-]): no escaping needed.
         out += (k ? ",{" : "{") + std::string("\"name\":\"") + name +
                "\",\"active\":" + std::to_string(shared->connections.load(std::memory_order_relaxed));
-        for (const auto& [key, member] :
-             {std::pair{"accepted", &listener_counters::accepted}, std::pair{"closed", &listener_counters::closed},
-              std::pair{"refused", &listener_counters::refused},
-              std::pair{"idle_closed", &listener_counters::idle_closed},
-              std::pair{"errors", &listener_counters::errors}}) {
+        for (const counter_field<listener_counters>& f : listener_fields) {
             std::uint64_t total = 0;
             for (std::size_t s = 0; s < shards; ++s) {
-                total += (shared->per_shard[s].*member).get();
+                total += (shared->per_shard[s].*f.member).get();
             }
-            out += ",\"" + std::string(key) + "\":" + std::to_string(total);
+            out += ",\"" + std::string(f.json) + "\":" + std::to_string(total);
         }
         out += "}";
     }
@@ -385,7 +380,7 @@ std::string upstreams_json(const std::vector<std::shared_ptr<proxy::upstream_sha
         const std::size_t n = u->cfg->servers.size();
         // Upstream names are checked ([A-Za-z0-9_.-]), addresses are ours.
         out += (k ? ",{" : "{") + std::string("\"name\":\"") + u->cfg->name + "\"";
-        for (const upstream_field& f : upstream_fields) {
+        for (const counter_field<proxy::upstream_counters>& f : upstream_fields) {
             std::uint64_t total = 0;
             for (std::size_t s = 0; s < u->shards; ++s) {
                 total += (u->totals[s].*f.member).get();
@@ -397,7 +392,7 @@ std::string upstreams_json(const std::vector<std::shared_ptr<proxy::upstream_sha
             out += (i ? ",{" : "{") + std::string("\"address\":\"") + u->cfg->servers[i].address.to_string() +
                    "\",\"up\":" + (u->servers[i]->down_until.load(std::memory_order_relaxed) > now ? "false" : "true") +
                    ",\"active\":" + std::to_string(u->servers[i]->active.load(std::memory_order_relaxed));
-            for (const server_field& f : server_fields) {
+            for (const counter_field<proxy::server_counters>& f : server_fields) {
                 std::uint64_t total = 0;
                 for (std::size_t s = 0; s < u->shards; ++s) {
                     total += (u->counters[s * n + i].*f.member).get();
@@ -443,7 +438,7 @@ std::string metrics_text(const admin_sources& src) {
     for (std::size_t i = 0; i < shard_names.size(); ++i) {
         e.sample("shardd_connections_active", {{"shard", shard_names[i]}}, (*src.counters)[i].active());
     }
-    for (const counter_field& f : counter_fields) {
+    for (const counter_field<shard_counters>& f : counter_fields) {
         const std::string name = std::string("shardd_") + f.metric;
         e.family(name, "counter", f.help);
         for (std::size_t i = 0; i < shard_names.size(); ++i) {
@@ -471,7 +466,7 @@ std::string reactor_json(const reactor_stats& r) {
                ",\"cqes\":" + std::to_string(r.rings[k].cqes.get()) + "}";
     }
     out += "}";
-    for (const reactor_field& f : reactor_fields) {
+    for (const counter_field<reactor_stats>& f : reactor_fields) {
         out += ",\"" + std::string(f.json) + "\":" + std::to_string((r.*f.member).get());
     }
     out += ",\"recv_buffers_free\":" + std::to_string(r.free_buffers.get()) +
@@ -504,7 +499,7 @@ std::string stats_json(const admin_sources& src) {
         const bool up = std::find(late.begin(), late.end(), i) == late.end();
         out += (i ? ",{" : "{") + std::string("\"shard\":") + std::to_string(i) + ",\"up\":" + (up ? "true" : "false") +
                ",\"active\":" + std::to_string(c.active());
-        for (const counter_field& f : counter_fields) {
+        for (const counter_field<shard_counters>& f : counter_fields) {
             out += ",\"" + std::string(f.json) + "\":" + std::to_string((c.*f.member).get());
         }
         if (src.reactors) {

@@ -252,25 +252,16 @@ task<void> serve(shard_state& sh, listener_state& l, owned_fd fd, connection_slo
     if (l.cfg->nodelay) {
         set_nodelay(guard.fd(), true);
     }
-    const auto started = std::chrono::steady_clock::now();
-    std::optional<socket_address> client;
-    if (sh.access) {
-        if (auto p = peer_address(guard.fd())) {
-            client = *p;
-        }
-    }
+    const access_start started(sh.access.get(), guard.fd());
     proxy_pair pair(sh, l, guard.fd());
     guard.link(pair);
     co_await pair.run();
     guard.unlink();
     if (sh.access) {
-        access_record r;
-        r.listener = l.cfg->name;
-        r.client = client;
+        access_record r = started.record(l.cfg->name);
         r.server = pair.server();
         r.bytes_from_client = pair.bytes_from_client();
         r.bytes_to_client = pair.bytes_to_client();
-        r.duration = std::chrono::steady_clock::now() - started;
         r.end = !pair.end().empty() ? pair.end() : !guard.aborted_for().empty() ? guard.aborted_for() : ended::shutdown;
         sh.access->record(r);
     }
