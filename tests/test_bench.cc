@@ -186,8 +186,12 @@ TEST_CASE("--rate holds the requested rate within 5%", "[bench]") {
     args.push_back(server.address());
     auto r = run_program(shardd_bench_binary(), args);
     INFO(r.out << r.err);
-    CHECK(r.exit_code == 0);
-    CHECK(json_number(r.out, "messages") == Approx(4000).epsilon(0.05));
+    // What the rate governs is what was sent: answered in the window, or
+    // still unanswered at the end when a loaded machine starves the test's
+    // echo threads (which the exit code then reports, as it should).
+    const double unanswered = json_number(r.out, "unanswered");
+    CHECK(json_number(r.out, "messages") + unanswered == Approx(4000).epsilon(0.05));
+    CHECK(r.exit_code == (unanswered == 0 ? 0 : 1));
 }
 
 TEST_CASE("bad command lines exit 64 and say why", "[bench]") {
