@@ -87,15 +87,6 @@ std::uint64_t number_after(const std::string& out, const std::string& pattern) {
     return 0;
 }
 
-// One HTTP/1.0 GET; the whole response.
-std::string http_get(const std::string& address, const std::string& path) {
-    socket_fd c(connect_to(address));
-    REQUIRE(send_all(c.get(), "GET " + path + " HTTP/1.0\r\nHost: test\r\n\r\n"));
-    std::string response;
-    REQUIRE(read_to_end(c.get(), response) == 0);
-    return response;
-}
-
 }  // namespace
 
 TEST_CASE("wrk through shardd to nginx's static file: every response 200, no socket error", "[proxy][clients]") {
@@ -119,6 +110,7 @@ TEST_CASE("wrk through shardd to nginx's static file: every response 200, no soc
         run_program(find_program("wrk"), {"-t1", "-c32", "-d2s", "--timeout", "10s", url}, std::chrono::seconds(60));
     INFO(r.out << r.err);
     REQUIRE(r.exit_code == 0);
+    INFO("proxy: " << proxy->process().stderr_text());
     const std::uint64_t requests = number_after(r.out, R"((\d+) requests in)");
     WARN("wrk -t1 -c32 -d2s through shardd: " << requests << " requests");
     CHECK(requests > 0);

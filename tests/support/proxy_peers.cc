@@ -2,6 +2,7 @@
 
 #include <cerrno>
 #include <poll.h>
+#include <regex>
 #include <sys/resource.h>
 #include <sys/socket.h>
 
@@ -81,6 +82,26 @@ void close_with_reset(int fd) {
     const linger lg{1, 0};
     REQUIRE(setsockopt(fd, SOL_SOCKET, SO_LINGER, &lg, sizeof(lg)) == 0);
     close(fd);
+}
+
+std::string http_get(const std::string& address, const std::string& path) {
+    socket_fd c(connect_to(address));
+    if (!send_all(c.get(), "GET " + path + " HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")) {
+        return "";
+    }
+    std::string out;
+    (void)read_to_end(c.get(), out);
+    return out;
+}
+
+std::uint64_t stats_sum(const std::string& admin_address, const std::string& key) {
+    const std::string body = http_get(admin_address, "/stats");
+    const std::regex field("\"" + key + "\":([0-9]+)");
+    std::uint64_t n = 0;
+    for (std::sregex_iterator it(body.begin(), body.end(), field), end; it != end; ++it) {
+        n += std::stoull((*it)[1].str());
+    }
+    return n;
 }
 
 }  // namespace shardd::test

@@ -46,6 +46,12 @@ int accept_one(const loopback_socket& l, std::chrono::milliseconds timeout = gen
 // Reads until EOF or an error; the error (0 for a clean EOF, -1 on timeout).
 int read_to_end(int fd, std::string& out, std::chrono::milliseconds timeout = generous);
 
+// GET `path` from the admin endpoint at `address` (Connection: close);
+// the whole response, head and body.
+std::string http_get(const std::string& address, const std::string& path);
+// The sum over shards of "key":N in /stats (e.g. "active").
+std::uint64_t stats_sum(const std::string& admin_address, const std::string& key);
+
 // Raises this process's RLIMIT_NOFILE (children inherit it) to at least
 // `at_least`, raising the hard limit too where that is allowed (root);
 // returns the soft limit now in effect.
