@@ -28,12 +28,10 @@ expected<std::vector<shard_reload>, std::string> live_config::prepare(std::share
         listener_record rec;
         rec.listen = l.listen;
         if (b != bound->end()) {
-            rec.addresses = b->addresses;
             rec.shared = b->shared;
             _kept_shared.push_back(b->shared);
         } else {
             const listener_record& running = _listeners.at(l.name);
-            rec.addresses = running.addresses;
             rec.shared = running.shared;
         }
         for (std::size_t s = 0; s < _shards; ++s) {
@@ -99,15 +97,6 @@ std::vector<std::shared_ptr<proxy::upstream_shared>> live_config::upstreams() co
 std::shared_ptr<const config::config> live_config::current() const {
     std::lock_guard lock(_current_mutex);
     return _current;
-}
-
-std::vector<std::pair<std::string, std::vector<socket_address>>> live_config::addresses() const {
-    std::vector<std::pair<std::string, std::vector<socket_address>>> out;
-    const auto cfg = current();
-    for (const auto& l : cfg->listeners) {
-        out.emplace_back(l.name, _listeners.at(l.name).addresses);
-    }
-    return out;
 }
 
 }  // namespace shardd::server

@@ -51,13 +51,10 @@ public:
     std::vector<std::shared_ptr<proxy::upstream_shared>> upstreams() const;
     // Every listener in effect, by name, in config order. Any thread.
     std::vector<std::pair<std::string, std::shared_ptr<listener_shared>>> listeners() const;
-    // Addresses of each listener as bound (port 0 resolved), in config order.
-    std::vector<std::pair<std::string, std::vector<socket_address>>> addresses() const;
 
 private:
     struct listener_record {
-        std::vector<socket_address> listen;     // as configured
-        std::vector<socket_address> addresses;  // as bound
+        std::vector<socket_address> listen;  // as configured
         std::shared_ptr<listener_shared> shared;
     };
 

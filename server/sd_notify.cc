@@ -1,6 +1,7 @@
 #include "server/sd_notify.hh"
 
 #include <cerrno>
+#include <charconv>
 #include <cstdlib>
 #include <cstring>
 #include <ctime>
@@ -38,6 +39,19 @@ std::error_code sd_notify(std::string_view state) {
         return {err, std::system_category()};
     }
     return {};
+}
+
+std::optional<unsigned long long> parse_env_number(const char* text) {
+    if (!text || !*text) {
+        return std::nullopt;
+    }
+    unsigned long long v = 0;
+    const char* end = text + std::strlen(text);
+    auto [p, ec] = std::from_chars(text, end, v);
+    if (ec != std::errc{} || p != end) {
+        return std::nullopt;
+    }
+    return v;
 }
 
 unsigned long long monotonic_usec() {

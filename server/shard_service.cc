@@ -363,17 +363,16 @@ void apply(shard_state& sh, shard_reload& r) {
             retire(sh, *l);
             l = nullptr;
         }
-        if (!l) {
-            auto fresh = std::make_unique<listener_state>();
-            fresh->shared = u.shared;
-            fresh->fds = std::move(u.fds);
-            l = sh.listeners.emplace_back(std::move(fresh)).get();
-            configure(sh, *l, r.generation, *u.cfg);
-            for (const owned_fd& fd : l->fds) {
-                l->accepts.push_back(executor::current()->spawn(accept_loop(sh, *l, fd.get())));
-            }
-        } else {
-            configure(sh, *l, r.generation, *u.cfg);
+        const bool fresh = !l;
+        if (fresh) {
+            auto made = std::make_unique<listener_state>();
+            made->shared = u.shared;
+            made->fds = std::move(u.fds);
+            l = sh.listeners.emplace_back(std::move(made)).get();
+        }
+        configure(sh, *l, r.generation, *u.cfg);
+        for (std::size_t i = 0; fresh && i < l->fds.size(); ++i) {
+            l->accepts.push_back(executor::current()->spawn(accept_loop(sh, *l, l->fds[i].get())));
         }
         current.push_back(l);
     }

@@ -1,9 +1,10 @@
 #include "server/socket_activation.hh"
 
+#include "server/sd_notify.hh"
+
 #include "reactor/net.hh"
 
 #include <cerrno>
-#include <charconv>
 #include <cstdlib>
 #include <cstring>
 #include <fcntl.h>
@@ -18,19 +19,6 @@ namespace {
 // More than any .socket unit has; a bound on what a bad LISTEN_FDS can make
 // us touch.
 constexpr unsigned long max_inherited = 1024;
-
-std::optional<unsigned long> number(const char* text) {
-    if (!text || !*text) {
-        return std::nullopt;
-    }
-    unsigned long v = 0;
-    const char* end = text + std::strlen(text);
-    auto [p, ec] = std::from_chars(text, end, v);
-    if (ec != std::errc{} || p != end) {
-        return std::nullopt;
-    }
-    return v;
-}
 
 bool int_option(int fd, int level, int name, int& out) {
     socklen_t len = sizeof(out);
@@ -51,12 +39,12 @@ std::string inherited_socket::describe() const {
 
 expected<std::vector<inherited_socket>, std::string> take_inherited_sockets() {
     std::vector<inherited_socket> out;
-    const auto pid = number(std::getenv("LISTEN_PID"));
-    if (!pid || *pid != static_cast<unsigned long>(getpid())) {
+    const auto pid = parse_env_number(std::getenv("LISTEN_PID"));
+    if (!pid || *pid != static_cast<unsigned long long>(getpid())) {
         return out;  // not for us (or not set)
     }
     const char* fds_text = std::getenv("LISTEN_FDS");
-    const auto count = number(fds_text);
+    const auto count = parse_env_number(fds_text);
     if (!count || *count > max_inherited) {
         return unexpected{std::string("socket activation: LISTEN_FDS=") + (fds_text ? fds_text : "") +
                           " is not a count of descriptors"};

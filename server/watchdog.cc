@@ -2,7 +2,6 @@
 
 #include "server/sd_notify.hh"
 
-#include <charconv>
 #include <cstdlib>
 #include <cstring>
 #include <spdlog/spdlog.h>
@@ -12,16 +11,6 @@
 namespace shardd::server {
 
 namespace {
-
-std::optional<unsigned long long> parse_number(const char* text) {
-    unsigned long long v = 0;
-    const char* end = text + std::strlen(text);
-    auto [p, ec] = std::from_chars(text, end, v);
-    if (ec != std::errc{} || p != end || p == text) {
-        return std::nullopt;
-    }
-    return v;
-}
 
 std::string list(const std::vector<unsigned>& shards) {
     std::string s;
@@ -39,12 +28,12 @@ std::optional<service_watchdog> service_watchdog::from_environment() {
         return std::nullopt;
     }
     if (const char* pid = std::getenv("WATCHDOG_PID"); pid && *pid) {
-        const auto p = parse_number(pid);
+        const auto p = parse_env_number(pid);
         if (!p || *p != static_cast<unsigned long long>(getpid())) {
             return std::nullopt;
         }
     }
-    const auto v = parse_number(usec);
+    const auto v = parse_env_number(usec);
     if (!v || *v == 0) {
         spdlog::warn("watchdog: WATCHDOG_USEC={} is not a positive number of microseconds; no watchdog", usec);
         return std::nullopt;
