@@ -95,6 +95,10 @@ public:
         return spawn(current_queue_handle(), std::move(t));
     }
 
+    // Starts `t` on the current queue with no join_handle: for tasks that
+    // end by themselves (a connection). An exception is logged.
+    void spawn_detached(task<void> t);
+
     // Runs until `main` completes and returns its result (or rethrows).
     template <typename T>
     T run(task<T> main);

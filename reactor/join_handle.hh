@@ -42,7 +42,7 @@ struct join_state<void> : join_state_base {};
 // executor resumes it from the queue) and, when done, unlinks itself from
 // the executor's root list and frees its own frame.
 struct root_task {
-    struct promise_type {
+    struct promise_type : pooled {
         executor* exec = nullptr;
         root_node node;
         root_task get_return_object() noexcept {
@@ -79,6 +79,16 @@ root_task drive(task<T> t, std::shared_ptr<join_state<T>> st, executor* ex) {
     st->done = true;
     if (st->waiter) {
         ex->schedule(std::exchange(st->waiter, {}), st->waiter_queue);
+    }
+}
+
+// A root that nobody joins: no join state to allocate (48 bytes a
+// connection, issue 13), and an exception is reported at once.
+inline root_task drive_detached(task<void> t) {
+    try {
+        co_await std::move(t);
+    } catch (...) {
+        report_unobserved(std::current_exception());
     }
 }
 
@@ -130,6 +140,15 @@ join_handle<T> executor::spawn(task_queue_handle q, task<T> t) {
     _roots.push(&p.node);
     schedule(r.handle, _queues.at(q.index).get());
     return join_handle<T>(std::move(st));
+}
+
+inline void executor::spawn_detached(task<void> t) {
+    internal::root_task r = internal::drive_detached(std::move(t));
+    auto& p = r.handle.promise();
+    p.exec = this;
+    p.node.handle = r.handle;
+    _roots.push(&p.node);
+    schedule(r.handle, _queues.at(current_queue_handle().index).get());
 }
 
 template <typename T>

@@ -39,12 +39,6 @@ void recv_state::prep(io_uring_sqe* sqe) {
     sqe->buf_group = buffers->group();
 }
 
-namespace {
-// Records a drained stream keeps: ping-pong traffic has one or two ready at
-// a time and should not allocate for each; a burst beyond this is freed.
-constexpr std::size_t kept_records = 16;
-}  // namespace
-
 void recv_state::pause_receive() {
     if (state() == phase::armed && !multishot_limit_supported.load(std::memory_order_relaxed)) {
         _pull = true;
@@ -54,14 +48,13 @@ void recv_state::pause_receive() {
 
 void recv_state::release_ready() noexcept {
     return_wake_token();
-    for (std::size_t i = _head; i < _ready.size(); ++i) {
+    for (std::size_t i = 0; i < _ready.size(); ++i) {
         const record& r = _ready[i];
         if (r.res > 0 && (r.flags & IORING_CQE_F_BUFFER)) {
             buffers->release(static_cast<std::uint16_t>(r.flags >> IORING_CQE_BUFFER_SHIFT));
         }
     }
     _ready.clear();
-    _head = 0;
     ready_bytes = 0;
     ready_buffers = 0;
 }
@@ -115,21 +108,7 @@ expected<received> recv_state::take() {
     if (!has_ready() || aborted()) {
         return unexpected{std::make_error_code(std::errc::operation_canceled)};
     }
-    const record r = _ready[_head++];
-    if (_head == _ready.size()) {
-        // Drained: start over at the front. Memory a burst grew goes back
-        // (a stream that stays busy keeps its capacity).
-        _ready.clear();
-        _head = 0;
-        if (_ready.capacity() > kept_records) {
-            std::vector<record>().swap(_ready);
-        }
-    } else if (_head >= kept_records && _head * 2 >= _ready.size()) {
-        // Never drained while completions keep coming: drop the taken
-        // half, so the front does not grow without end (amortised O(1)).
-        _ready.erase(_ready.begin(), _ready.begin() + static_cast<std::ptrdiff_t>(_head));
-        _head = 0;
-    }
+    const record r = _ready.pop_front();
     if (r.res < 0) {
         return unexpected{errno_code(r.res)};
     }

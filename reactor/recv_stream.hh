@@ -18,6 +18,7 @@
 #include "reactor/abort_source.hh"
 #include "reactor/buffer_ring.hh"
 #include "reactor/expected.hh"
+#include "reactor/internal/small_fifo.hh"
 #include "reactor/internal/stream_core.hh"
 
 #include <cstdint>
@@ -39,7 +40,7 @@ public:
     recv_state(int fd, buffer_ring& buffers, abort_source* abort);
 
     expected<received> take();
-    bool has_ready() const noexcept override { return _head < _ready.size(); }
+    bool has_ready() const noexcept override { return !_ready.empty(); }
     // pause(), and after it pull one buffer at a time where the kernel
     // lacks the byte limit.
     void pause_receive();
@@ -66,13 +67,9 @@ private:
         int res;
         std::uint32_t flags;
     };
-    // Completions not yet taken: _ready[_head..]. A vector, not a deque:
-    // libstdc++'s deque allocates ~600 bytes on construction, which every
-    // idle connection would carry. This one allocates on the first
-    // completion (8 bytes a record), and take() gives back what a burst grew
-    // (see take()), so an idle stream keeps a few records' worth.
-    std::vector<record> _ready;
-    std::size_t _head = 0;
+    // Completions not yet taken. Two in place: ping-pong traffic has one
+    // or two ready at a time, and an idle connection carries this.
+    small_fifo<record, 2> _ready;
     // After a pause on a kernel without the byte limit: receive one buffer
     // per next() (one-shot receives) until one comes back short, i.e. the
     // socket's queue is drained; only then go back to multishot. A

@@ -9,6 +9,8 @@
 // same way. A task that is never awaited never runs. To run one on its own,
 // hand it to executor::spawn(), which returns a join_handle.
 
+#include "reactor/frame_pool.hh"
+
 #include <cassert>
 #include <coroutine>
 #include <exception>
@@ -22,7 +24,8 @@ class task;
 
 namespace internal {
 
-struct task_promise_base {
+// Frames come from the thread's frame_pool (reactor/frame_pool.hh).
+struct task_promise_base : pooled {
     std::coroutine_handle<> continuation = std::noop_coroutine();
     std::exception_ptr error;
 

@@ -97,7 +97,7 @@ std::string access_log::format_line(const access_record& r, config::log_format f
 access_start::access_start(const access_log* log, int fd) : at(std::chrono::steady_clock::now()) {
     if (log) {
         if (auto p = peer_address(fd)) {
-            client = *p;
+            client = std::make_unique<socket_address>(*p);
         }
     }
 }
@@ -105,7 +105,9 @@ access_start::access_start(const access_log* log, int fd) : at(std::chrono::stea
 access_record access_start::record(std::string_view listener) const {
     access_record r;
     r.listener = listener;
-    r.client = client;
+    if (client) {
+        r.client = *client;
+    }
     r.duration = std::chrono::steady_clock::now() - at;
     return r;
 }

@@ -76,13 +76,25 @@ std::string_view echo_end(transit_end end, std::string_view aborted_for) {
     return aborted_for.empty() ? ended::shutdown : aborted_for;
 }
 
+// The connection's line, after its end. Not in serve(): GCC keeps every
+// local of a coroutine in its frame, and a 344-byte access_record there
+// would be carried by every idle connection.
+void log_echo(shard_state& sh, const listener_state& l, const access_start& started, const transit& conn,
+              transit_end end, std::string_view aborted_for) {
+    access_record r = started.record(l.cfg->name);
+    r.bytes_from_client = conn.bytes_received();
+    r.bytes_to_client = conn.bytes_sent();
+    r.end = echo_end(end, aborted_for);
+    sh.access->record(r);
+}
+
 task<void> serve(shard_state& sh, listener_state& l, owned_fd fd, connection_slot slot) {
     connection_guard guard(sh, l, std::move(fd), std::move(slot));
     if (l.cfg->nodelay) {
         set_nodelay(guard.fd(), true);  // best effort: the echo still works without
     }
     const access_start started(sh.access.get(), guard.fd());
-    transit conn(guard.fd(), guard.fd(), *sh.buffers, l.echo, *sh.counters, *sh.log);
+    transit conn(guard.fd(), guard.fd(), *sh.transit, l.echo);
     guard.link(conn);
     const transit_end end = co_await conn.run();
     guard.unlink();
@@ -91,11 +103,7 @@ task<void> serve(shard_state& sh, listener_state& l, owned_fd fd, connection_slo
         l.shared->per_shard[sh.id].errors.add();
     }
     if (sh.access) {
-        access_record r = started.record(l.cfg->name);
-        r.bytes_from_client = conn.bytes_received();
-        r.bytes_to_client = conn.bytes_sent();
-        r.end = echo_end(end, guard.aborted_for());
-        sh.access->record(r);
+        log_echo(sh, l, started, conn, end, guard.aborted_for());
     }
     // run() left nothing in the kernel: the guard closes the socket (a FIN
     // after a clean end) and gives everything back.
@@ -162,9 +170,9 @@ task<void> accept_loop(shard_state& sh, listener_state& l, int lfd) {
         // Detached: the connection ends by itself, and its guard tells the
         // drain. An exception in it is logged by the executor.
         if (l.upstream) {
-            (void)executor::current()->spawn(proxy::serve(sh, l, std::move(*fd), std::move(slot)));
+            executor::current()->spawn_detached(proxy::serve(sh, l, std::move(*fd), std::move(slot)));
         } else {
-            (void)executor::current()->spawn(serve(sh, l, std::move(*fd), std::move(slot)));
+            executor::current()->spawn_detached(serve(sh, l, std::move(*fd), std::move(slot)));
         }
         if (++burst >= accept_burst) {
             burst = 0;
@@ -468,6 +476,7 @@ task<void> run_shard(shard_plan plan) {
         co_return;
     }
     sh.buffers = std::move(*buffers);
+    sh.transit = std::make_unique<transit_env>(*sh.buffers, *sh.counters, *sh.log);
     std::optional<join_handle<void>> access_writer;
     if (plan.access_log_fd >= 0) {
         sh.access = std::make_unique<access_log>(plan.access_log_fd, plan.access_log_format, plan.access_reopen,

@@ -97,6 +97,8 @@ struct shard_state {
     // This shard's side of each upstream, current generation.
     std::vector<std::shared_ptr<proxy::upstream_local>> upstreams;
     std::unique_ptr<peer_log> log;
+    // The buffers, counters, log and round scratch every transit shares.
+    std::unique_ptr<transit_env> transit;
     // One line per closed connection; null when the access log is off.
     std::unique_ptr<access_log> access;
     std::size_t connections = 0;

@@ -33,43 +33,74 @@ std::string peer_name(int fd) {
 
 bool is_cancel(const std::error_code& ec) { return ec == std::errc::operation_canceled; }
 
+// A coroutine of its own, not inline in transit::run(): the awaiter is 120
+// bytes, and run()'s frame (which every idle connection carries) would hold
+// it for a wait that only a starved pool needs.
+task<bool> wait_for_buffers(recv_stream& rx, abort_source& abort) {
+    auto op = rx.wait_for_buffers(&abort);
+    co_return co_await op;
+}
+
 }  // namespace
 
-transit::transit(int in_fd, int out_fd, buffer_ring& buffers, const transit_options& opts, shard_counters& counters,
-                 peer_log& log)
-    : _in_fd(in_fd), _out_fd(out_fd), _buffers(buffers), _opts(opts), _counters(counters), _log(log) {
+round_scratch* transit_env::take_scratch() {
+    if (_free.empty()) {
+        _all.push_back(std::make_unique<round_scratch>());
+        // Room for every scratch, so that give_scratch() never allocates.
+        _free.reserve(_all.size());
+        return _all.back().get();
+    }
+    round_scratch* s = _free.back();
+    _free.pop_back();
+    return s;
+}
+
+void transit_env::give_scratch(round_scratch* s) noexcept {
+    s->held.clear();
+    s->out.clear();
+    _free.push_back(s);
+}
+
+transit::transit(int in_fd, int out_fd, transit_env& env, const transit_options& opts)
+    : _in_fd(in_fd), _out_fd(out_fd), _env(env), _max_pending(opts.max_pending) {
     if (opts.protocol == config::echo_protocol::sockperf) {
         _sockperf = std::make_unique<sockperf_state>(opts.max_message);
     }
 }
 
 bool transit::absorb(std::byte* data, std::uint32_t len, std::uint16_t bid) {
-    _held.push_back(bid);
+    if (!_round) {
+        _round = _env.take_scratch();
+    }
+    _round->held.push_back(bid);
     _activity += len;
-    _counters.bytes_in.add(len);
+    _env.counters.bytes_in.add(len);
     if (!_sockperf) {
-        _out.push_back({data, len});
+        _round->out.push_back({data, len});
         return true;
     }
-    _sockperf->error = _sockperf->framing.feed(data, len, _out, _sockperf->copies);
+    _sockperf->error = _sockperf->framing.feed(data, len, _round->out, _sockperf->copies);
     return _sockperf->error.empty();
 }
 
 void transit::end_round() noexcept {
-    for (std::uint16_t bid : _held) {
-        _buffers.release(bid);
+    if (!_round) {
+        return;
     }
-    _held.clear();
-    _out.clear();
+    for (std::uint16_t bid : _round->held) {
+        _env.buffers.release(bid);
+    }
+    _env.give_scratch(std::exchange(_round, nullptr));
     if (_sockperf) {
         _sockperf->copies.clear();
     }
 }
 
 void transit::spill(std::size_t first) {
+    std::vector<iovec>& out = _round->out;
     std::size_t need = _spill_len;
-    for (std::size_t i = first; i < _out.size(); ++i) {
-        need += _out[i].iov_len;
+    for (std::size_t i = first; i < out.size(); ++i) {
+        need += out[i].iov_len;
     }
     if (need > _spill_cap) {
         std::size_t cap = std::max(_spill_cap * 2, min_spill);
@@ -83,34 +114,35 @@ void transit::spill(std::size_t first) {
         _spill = std::move(grown);
         _spill_cap = cap;
     }
-    for (std::size_t i = first; i < _out.size(); ++i) {
-        std::memcpy(_spill.get() + _spill_len, _out[i].iov_base, _out[i].iov_len);
-        _spill_len += _out[i].iov_len;
-        _counters.bytes_spilled.add(_out[i].iov_len);
+    for (std::size_t i = first; i < out.size(); ++i) {
+        std::memcpy(_spill.get() + _spill_len, out[i].iov_base, out[i].iov_len);
+        _spill_len += out[i].iov_len;
+        _env.counters.bytes_spilled.add(out[i].iov_len);
     }
 }
 
 task<std::error_code> transit::send_round(recv_stream& rx) {
+    std::vector<iovec>& out = _round->out;
     if (_spill_len > 0) {
         // Behind what already waits for the peer.
         spill(0);
         co_return std::error_code{};
     }
     std::size_t first = 0;
-    while (first < _out.size()) {
-        const std::size_t n = std::min(_out.size() - first, max_send_iovecs);
+    while (first < out.size()) {
+        const std::size_t n = std::min(out.size() - first, max_send_iovecs);
         std::size_t wanted = 0;
         for (std::size_t i = first; i < first + n; ++i) {
-            wanted += _out[i].iov_len;
+            wanted += out[i].iov_len;
         }
         expected<std::uint32_t> sent = 0u;
         if (n == 1) {
             // IORING_OP_SEND: no msghdr for the kernel to copy in.
-            sent = co_await send_some(_out_fd, _out[first].iov_base, static_cast<std::uint32_t>(wanted), MSG_DONTWAIT)
+            sent = co_await send_some(_out_fd, out[first].iov_base, static_cast<std::uint32_t>(wanted), MSG_DONTWAIT)
                        .with_abort(_abort);
         } else {
             msghdr msg{};
-            msg.msg_iov = &_out[first];
+            msg.msg_iov = &out[first];
             msg.msg_iovlen = n;
             sent = co_await send_msg(_out_fd, &msg, MSG_DONTWAIT).with_abort(_abort);
         }
@@ -118,12 +150,12 @@ task<std::error_code> transit::send_round(recv_stream& rx) {
             co_return sent.error();
         }
         const std::size_t done = sent ? *sent : 0;
-        _counters.bytes_out.add(done);
+        _env.counters.bytes_out.add(done);
         _activity += done;
         _sent += done;
         // Drop what went out; a short send leaves the rest of an iovec.
         for (std::size_t left = done; left > 0;) {
-            iovec& v = _out[first];
+            iovec& v = out[first];
             const std::size_t take = std::min(left, v.iov_len);
             v.iov_base = static_cast<std::byte*>(v.iov_base) + take;
             v.iov_len -= take;
@@ -136,12 +168,12 @@ task<std::error_code> transit::send_round(recv_stream& rx) {
             break;  // the socket's send buffer is full
         }
     }
-    if (first == _out.size()) {
+    if (first == out.size()) {
         co_return std::error_code{};
     }
     // The peer does not keep up: keep the rest ourselves, and stop taking
     // pool buffers for this socket until it is out.
-    _counters.backpressure_pauses.add();
+    _env.counters.backpressure_pauses.add();
     spill(first);
     end_round();
     co_await rx.pause();
@@ -157,7 +189,7 @@ task<std::error_code> transit::send_spill() {
             co_return n.error();
         }
         off += *n;
-        _counters.bytes_out.add(*n);
+        _env.counters.bytes_out.add(*n);
         _activity += *n;
         _sent += *n;
     }
@@ -177,11 +209,11 @@ transit_end transit::failed(std::error_code ec, transit_end what) noexcept {
 }
 
 void transit::log_protocol_error() {
-    _counters.protocol_errors.add();
-    if (!_log.allow()) {
+    _env.counters.protocol_errors.add();
+    if (!_env.log.allow()) {
         return;
     }
-    const std::uint64_t suppressed = _log.take_suppressed();
+    const std::uint64_t suppressed = _env.log.take_suppressed();
     if (suppressed > 0) {
         spdlog::warn("closing connection from {}: {} ({} similar line{} suppressed)", peer_name(_in_fd),
                      _sockperf->error, suppressed, suppressed == 1 ? "" : "s");
@@ -191,7 +223,7 @@ void transit::log_protocol_error() {
 }
 
 task<transit_end> transit::run() {
-    recv_stream rx(_in_fd, _buffers, &_abort);
+    recv_stream rx(_in_fd, _env.buffers, &_abort);
     struct release_on_exit {
         transit& c;
         ~release_on_exit() { c.end_round(); }
@@ -214,13 +246,13 @@ task<transit_end> transit::run() {
         }
         // A round: one completion (waiting for it if none is there), then
         // every completion already there, so that one send carries them all.
-        rx.limit_unread(_opts.max_pending);
+        rx.limit_unread(_max_pending);
         bool starved = false;
         do {
             auto r = co_await rx.next();
             if (!r) {
                 if (r.error() == std::errc::no_buffer_space) {
-                    _counters.enobufs.add();
+                    _env.counters.enobufs.add();
                     starved = true;
                 } else {
                     end = failed(r.error(), transit_end::recv_error);
@@ -236,9 +268,9 @@ task<transit_end> transit::run() {
                 end = transit_end::protocol_error;
                 break;
             }
-        } while (rx.has_ready() && _held.size() < max_batch_buffers);
+        } while (rx.has_ready() && _round->held.size() < max_batch_buffers);
 
-        if (!_out.empty() && (!end || *end == transit_end::protocol_error)) {
+        if (_round && !_round->out.empty() && (!end || *end == transit_end::protocol_error)) {
             const std::error_code ec = co_await send_round(rx);
             if (ec && !end) {
                 end = failed(ec, transit_end::send_error);
@@ -251,8 +283,8 @@ task<transit_end> transit::run() {
             // we wait on our peer; the spill goes first, then next() asks
             // again. (Awaited outside the if: GCC 12 miscompiles a co_await
             // of a temporary awaitable in an if condition; it traps.)
-            auto buffers = rx.wait_for_buffers(&_abort);
-            if (!co_await buffers) {
+            const bool got = co_await wait_for_buffers(rx, _abort);
+            if (!got) {
                 end = transit_end::aborted;
             }
         }
@@ -264,7 +296,7 @@ task<transit_end> transit::run() {
         }
         log_protocol_error();
     }
-    _counters.backpressure_pauses.add(rx.pauses());
+    _env.counters.backpressure_pauses.add(rx.pauses());
     // Nothing of ours may stay in the kernel: the caller closes the socket.
     co_await rx.stop();
     co_return end.value_or(transit_end::closed);

@@ -51,6 +51,38 @@
 
 namespace shardd::server {
 
+// One round's working lists: the pool buffers it holds and the byte ranges
+// it sends. Borrowed from the shard for the length of a round, so that an
+// idle connection carries neither (two allocations and 48 bytes each;
+// issue 13: at most 1 KiB per idle connection). A shard needs as many as it
+// has rounds waiting on a send at once, and keeps them.
+struct round_scratch {
+    std::vector<std::uint16_t> held;
+    std::vector<iovec> out;
+};
+
+// What every transit of a shard shares.
+class transit_env {
+public:
+    transit_env(buffer_ring& buffers, shard_counters& counters, peer_log& log)
+        : buffers(buffers), counters(counters), log(log) {}
+    transit_env(const transit_env&) = delete;
+    transit_env& operator=(const transit_env&) = delete;
+
+    round_scratch* take_scratch();
+    // Back to the shard, emptied (its capacity kept for the next round).
+    void give_scratch(round_scratch* s) noexcept;
+    std::size_t scratch_count() const noexcept { return _all.size(); }
+
+    buffer_ring& buffers;
+    shard_counters& counters;
+    peer_log& log;
+
+private:
+    std::vector<std::unique_ptr<round_scratch>> _all;
+    std::vector<round_scratch*> _free;
+};
+
 struct transit_options {
     config::echo_protocol protocol = config::echo_protocol::raw;
     std::size_t max_pending = 256 * 1024;
@@ -69,8 +101,7 @@ enum class transit_end {
 class transit final : public served_connection {
 public:
     // Receives from `in_fd` and sends to `out_fd` (the same fd: an echo).
-    transit(int in_fd, int out_fd, buffer_ring& buffers, const transit_options& opts, shard_counters& counters,
-            peer_log& log);
+    transit(int in_fd, int out_fd, transit_env& env, const transit_options& opts);
     transit(const transit&) = delete;
     transit& operator=(const transit&) = delete;
 
@@ -113,10 +144,10 @@ private:
 
     int _in_fd;
     int _out_fd;
-    buffer_ring& _buffers;
-    transit_options _opts;
-    shard_counters& _counters;
-    peer_log& _log;
+    transit_env& _env;
+    // Of the options, only this outlives the constructor (an idle
+    // connection carries every byte here).
+    std::size_t _max_pending;
     abort_source _abort;
     // The sockperf protocol's state, on the heap and only for a sockperf
     // listener: a raw transit (an echo, either direction of a proxied pair)
@@ -129,9 +160,8 @@ private:
         std::string error;  // why the stream is not sockperf
     };
     std::unique_ptr<sockperf_state> _sockperf;
-    // This round's buffers and what to send of them.
-    std::vector<std::uint16_t> _held;
-    std::vector<iovec> _out;
+    // This round's buffers and what to send of them; null between rounds.
+    round_scratch* _round = nullptr;
     // The connection's own memory: bytes the peer has not taken yet.
     // Allocated when first needed, freed once sent (an idle connection holds
     // none).

@@ -24,13 +24,15 @@
 
 #include "reactor/abort_source.hh"
 #include "reactor/executor.hh"
+#include "reactor/frame_pool.hh"
 
 #include <coroutine>
 #include <cstdint>
 
 namespace shardd::internal {
 
-class stream_core : public completion, public deferred_action {
+// pooled: one per connection, allocated and freed with it.
+class stream_core : public completion, public deferred_action, public pooled {
 public:
     enum class phase : std::uint8_t { idle, armed, stopping };
 

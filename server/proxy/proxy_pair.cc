@@ -214,8 +214,8 @@ task<void> proxy_pair::run() {
     const int server_fd = _server_fd.get();
     transit_options opts;
     opts.max_pending = _l.cfg->max_pending;
-    transit to_server(_client_fd, server_fd, *_sh.buffers, opts, *_sh.counters, *_sh.log);
-    transit to_client(server_fd, _client_fd, *_sh.buffers, opts, *_sh.counters, *_sh.log);
+    transit to_server(_client_fd, server_fd, *_sh.transit, opts);
+    transit to_client(server_fd, _client_fd, *_sh.transit, opts);
     _dir[up] = &to_server;
     _dir[down] = &to_client;
     if (_abort.abort_requested()) {
@@ -247,6 +247,22 @@ task<void> proxy_pair::run() {
     _server_fd.reset();
 }
 
+namespace {
+
+// The pair's line, after its end: not in serve()'s frame (see the echo's
+// log_echo in shard_service.cc).
+void log_pair(shard_state& sh, const listener_state& l, const access_start& started, const proxy_pair& pair,
+              std::string_view aborted_for) {
+    access_record r = started.record(l.cfg->name);
+    r.server = pair.server();
+    r.bytes_from_client = pair.bytes_from_client();
+    r.bytes_to_client = pair.bytes_to_client();
+    r.end = !pair.end().empty() ? pair.end() : !aborted_for.empty() ? aborted_for : ended::shutdown;
+    sh.access->record(r);
+}
+
+}  // namespace
+
 task<void> serve(shard_state& sh, listener_state& l, owned_fd fd, connection_slot slot) {
     connection_guard guard(sh, l, std::move(fd), std::move(slot));
     if (l.cfg->nodelay) {
@@ -258,12 +274,7 @@ task<void> serve(shard_state& sh, listener_state& l, owned_fd fd, connection_slo
     co_await pair.run();
     guard.unlink();
     if (sh.access) {
-        access_record r = started.record(l.cfg->name);
-        r.server = pair.server();
-        r.bytes_from_client = pair.bytes_from_client();
-        r.bytes_to_client = pair.bytes_to_client();
-        r.end = !pair.end().empty() ? pair.end() : !guard.aborted_for().empty() ? guard.aborted_for() : ended::shutdown;
-        sh.access->record(r);
+        log_pair(sh, l, started, pair, guard.aborted_for());
     }
 }
 
