@@ -3,6 +3,7 @@
 #include "reactor/executor.hh"
 #include "reactor/io_memory.hh"
 
+#include <algorithm>
 #include <cerrno>
 #include <sys/mman.h>
 #include <sys/resource.h>
@@ -48,12 +49,13 @@ expected<std::unique_ptr<buffer_ring>> buffer_ring::create(internal::ring& on, s
     }
     br->_registered = true;
     io_uring_buf_ring_init(br->_br);
-    const int mask = io_uring_buf_ring_mask(count);
-    for (unsigned i = 0; i < count; ++i) {
-        io_uring_buf_ring_add(br->_br, br->_buffers + i * size, static_cast<unsigned>(size),
-                              static_cast<unsigned short>(i), mask, static_cast<int>(i));
+    br->_target = std::min(count, initial_target);
+    // Buffer 0 on top of the stack: the first ones in are the lowest.
+    br->_spare.reserve(count);
+    for (unsigned i = count; i-- > 0;) {
+        br->_spare.push_back(static_cast<std::uint16_t>(i));
     }
-    io_uring_buf_ring_advance(br->_br, static_cast<int>(count));
+    br->refill();
     return br;
 }
 
@@ -86,10 +88,30 @@ buffer_ring::~buffer_ring() {
     }
 }
 
-void buffer_ring::add(std::uint16_t bid) noexcept {
+void buffer_ring::add_at(std::uint16_t bid, unsigned offset) noexcept {
     io_uring_buf_ring_add(_br, _buffers + static_cast<std::size_t>(bid) * _size, static_cast<unsigned>(_size), bid,
-                          io_uring_buf_ring_mask(_count), 0);
-    io_uring_buf_ring_advance(_br, 1);
+                          io_uring_buf_ring_mask(_count), static_cast<int>(offset));
+}
+
+void buffer_ring::add(std::uint16_t bid) noexcept { add_at(bid, 0); }
+
+void buffer_ring::advance(unsigned n) noexcept {
+    io_uring_buf_ring_advance(_br, static_cast<int>(n));
+    _in_ring += n;
+}
+
+void buffer_ring::count_exhausted() noexcept {
+    ++_exhausted;
+    _taken_since_exhausted = 0;
+    if (!_spare.empty() && _target < _count) {
+        _target = std::min(_count, _target * 2);
+        refill();
+    }
+}
+
+void buffer_ring::shrink_target() noexcept {
+    _taken_since_exhausted = 0;
+    _target = std::max(std::min(_count, initial_target), _target / 2);
 }
 
 void buffer_ring::unlink(available_op* w) noexcept {
