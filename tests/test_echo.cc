@@ -26,6 +26,43 @@ listen = ["127.0.0.1:0", "[::1]:0"]
 mode = "echo"
 )";
 
+// `conns` connections at once, each writing `messages` messages of `size`
+// bytes back to back from a thread of its own, while this thread reads every
+// connection's echo in turn and checks it byte for byte. Message m of
+// connection i carries pattern seed `seed + i * messages + m`.
+void echo_at_once(echo_daemon& d, int conns, int messages, std::size_t size, std::uint64_t seed) {
+    std::vector<int> fds;
+    for (int i = 0; i < conns; ++i) {
+        fds.push_back(d.connect());
+    }
+    // Catch2's macros are not thread-safe: the writers only report.
+    std::vector<std::thread> writers;
+    std::vector<char> sent(conns, 0);
+    for (int i = 0; i < conns; ++i) {
+        writers.emplace_back([&, i] {
+            bool ok = true;
+            for (int m = 0; m < messages && ok; ++m) {
+                ok = send_all(fds[i], pattern(size, seed + i * messages + m));
+            }
+            sent[i] = ok ? 1 : 0;
+        });
+    }
+    for (int m = 0; m < messages; ++m) {
+        for (int i = 0; i < conns; ++i) {
+            const std::string back = recv_exact(fds[i], size);
+            INFO("connection " << i << ", message " << m);
+            CHECK(back == pattern(size, seed + i * messages + m));
+        }
+    }
+    for (auto& w : writers) {
+        w.join();
+    }
+    for (int i = 0; i < conns; ++i) {
+        CHECK(sent[i] == 1);
+        close(fds[i]);
+    }
+}
+
 }  // namespace
 
 TEST_CASE("echo: 1 B, 64 B, 16 KiB and 8 MiB come back byte-exact over IPv4 and IPv6", "[echo]") {
@@ -61,40 +98,7 @@ TEST_CASE("echo: 64 KiB messages on 16 connections at once come back byte-exact"
     const auto runtime = GENERATE(std::string(""), std::string("recv_buffers = 64"));
     INFO("runtime: " << (runtime.empty() ? "defaults" : runtime));
     echo_daemon d(echo_config(raw_listener, runtime));
-    constexpr int conns = 16;
-    constexpr int messages = 8;
-    constexpr std::size_t size = 64 * 1024;
-    std::vector<int> fds;
-    for (int i = 0; i < conns; ++i) {
-        fds.push_back(d.connect());
-    }
-    // Each connection's writer sends its messages back to back while the
-    // main thread reads every connection's echo in turn.
-    std::vector<std::thread> writers;
-    std::vector<char> sent(conns, 0);
-    for (int i = 0; i < conns; ++i) {
-        writers.emplace_back([&, i] {
-            bool ok = true;
-            for (int m = 0; m < messages && ok; ++m) {
-                ok = send_all(fds[i], pattern(size, 1000 + i * messages + m));
-            }
-            sent[i] = ok ? 1 : 0;
-        });
-    }
-    for (int m = 0; m < messages; ++m) {
-        for (int i = 0; i < conns; ++i) {
-            const std::string back = recv_exact(fds[i], size);
-            INFO("connection " << i << ", message " << m);
-            REQUIRE(back == pattern(size, 1000 + i * messages + m));
-        }
-    }
-    for (auto& w : writers) {
-        w.join();
-    }
-    for (int i = 0; i < conns; ++i) {
-        CHECK(sent[i] == 1);
-        close(fds[i]);
-    }
+    echo_at_once(d, 16, 8, 64 * 1024, 1000);
     auto r = d.stop();
     REQUIRE(r.has_value());
     CHECK(r->exit_code == 0);
@@ -124,31 +128,9 @@ mode = "echo"
 max_pending = "64KiB"
 )",
                               "recv_buffers = 8\nrecv_buffer_size = \"1KiB\""));
-    constexpr int conns = 32;
-    constexpr std::size_t size = 64 * 1024;
-    std::vector<int> fds;
-    for (int i = 0; i < conns; ++i) {
-        fds.push_back(d.connect());
-    }
-    // Every client writes everything first (the daemon's buffers, not the
-    // clients, are the bottleneck), then reads it back.
-    std::vector<std::thread> writers;
-    std::vector<char> sent(conns, 0);
-    for (int i = 0; i < conns; ++i) {
-        writers.emplace_back([&, i] { sent[i] = send_all(fds[i], pattern(size, 100 + i)) ? 1 : 0; });
-    }
-    for (int i = 0; i < conns; ++i) {
-        const std::string back = recv_exact(fds[i], size);
-        INFO("connection " << i);
-        CHECK(back == pattern(size, 100 + i));
-    }
-    for (auto& w : writers) {
-        w.join();
-    }
-    for (int i = 0; i < conns; ++i) {
-        CHECK(sent[i] == 1);
-        close(fds[i]);
-    }
+    // Every client writes while the daemon's buffers, not the clients, are
+    // the bottleneck.
+    echo_at_once(d, 32, 1, 64 * 1024, 100);
     auto r = d.stop();
     REQUIRE(r.has_value());
     CHECK(r->exit_code == 0);
