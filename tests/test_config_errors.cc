@@ -129,7 +129,7 @@ std::vector<bad_case> cases() {
         {"max_message below the sockperf header", listener + "max_message = 10\n", "5:15: listener[0].max_message",
          "expected a size from 14B to 64MiB, found integer 10"},
         {"max_pending below one receive buffer", listener + "max_pending = \"8KiB\"\n", "5:15: listener[0].max_pending",
-         "expected at least runtime.recv_buffer_size (16KiB), found 8KiB"},
+         "expected at least runtime.recv_buffer_size (32KiB), found 8KiB"},
         {"idle_timeout as a float", listener + "idle_timeout = 1.5\n", "5:16: listener[0].idle_timeout",
          "found float 1.5"},
         // The idle sweep runs four times per timeout: "1us" would make it spin.

@@ -90,8 +90,8 @@ TEST_CASE("a minimal config gets the documented defaults", "[config]") {
     CHECK(c.runtime.preempt_timer == 500us);
     CHECK(c.runtime.stall_threshold == 50ms);
     CHECK(c.runtime.shutdown_timeout == 10s);
-    CHECK(c.runtime.recv_buffer_size == 16 * KiB);
-    CHECK(c.runtime.recv_buffers == 1024);
+    CHECK(c.runtime.recv_buffer_size == 32 * KiB);
+    CHECK(c.runtime.recv_buffers == 512);
     CHECK(c.log.level == log_level::info);
     CHECK(c.log.format == log_format::text);
     CHECK_FALSE(c.admin.listen.has_value());
@@ -296,14 +296,14 @@ TEST_CASE("a receive pool under 4 rounds of max_pending is a warning at the key 
     for (const auto& c : {
              // On the listener's max_pending when it sets one.
              pool_case{"max_pending set", minimal + "max_pending = \"8MiB\"\n",
-                       "w.toml:6:15: warning: listener[0].max_pending: 8MiB" + tail + "1024 x 16KiB = 16MiB" + end},
+                       "w.toml:6:15: warning: listener[0].max_pending: 8MiB" + tail + "512 x 32KiB = 16MiB" + end},
              // Else on the runtime key that shrank the pool.
              pool_case{"few buffers", "[runtime]\nrecv_buffers = 8\n" + minimal,
                        "w.toml:2:16: warning: listener[0].max_pending: 256KiB (the default)" + tail +
-                           "8 x 16KiB = 128KiB" + end},
+                           "8 x 32KiB = 256KiB" + end},
              pool_case{"small buffers", "[runtime]\nrecv_buffer_size = \"64B\"\n" + minimal,
                        "w.toml:2:20: warning: listener[0].max_pending: 256KiB (the default)" + tail +
-                           "1024 x 64B = 64KiB" + end},
+                           "512 x 64B = 32KiB" + end},
              // More buffers than the default, but tiny ones: the size is what shrank it.
              pool_case{"many small buffers", "[runtime]\nrecv_buffers = 4096\nrecv_buffer_size = \"64B\"\n" + minimal,
                        "w.toml:3:20: warning: listener[0].max_pending: 256KiB (the default)" + tail +
@@ -319,8 +319,8 @@ TEST_CASE("a receive pool under 4 rounds of max_pending is a warning at the key 
 }
 
 TEST_CASE("the pool warning names each listener short of 4 rounds, and no other", "[config]") {
-    // 64 x 16KiB = 1MiB: exactly 4 rounds of 256KiB is enough, 257KiB is not.
-    const std::string text = "[runtime]\nrecv_buffers = 64\n"
+    // 32 x 32KiB = 1MiB: exactly 4 rounds of 256KiB is enough, 257KiB is not.
+    const std::string text = "[runtime]\nrecv_buffers = 32\n"
                              "[[listener]]\nname = \"a\"\nlisten = \"127.0.0.1:0\"\nmode = \"echo\"\n"
                              "[[listener]]\nname = \"b\"\nlisten = \"127.0.0.1:0\"\nmode = \"echo\"\n"
                              "max_pending = \"257KiB\"\n";
@@ -329,7 +329,7 @@ TEST_CASE("the pool warning names each listener short of 4 rounds, and no other"
     REQUIRE(r.diagnostics.size() == 1);
     CHECK_THAT(r.diagnostics[0].to_string(),
                Catch::StartsWith("w.toml:11:15: warning: listener[1].max_pending: 257KiB per connection and round; "
-                                 "the receive pool runtime.recv_buffers x recv_buffer_size is 64 x 16KiB = 1MiB"));
+                                 "the receive pool runtime.recv_buffers x recv_buffer_size is 32 x 32KiB = 1MiB"));
 }
 
 TEST_CASE("the defaults draw no warning", "[config]") {
