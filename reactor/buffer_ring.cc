@@ -93,8 +93,6 @@ void buffer_ring::add_at(std::uint16_t bid, unsigned offset) noexcept {
                           io_uring_buf_ring_mask(_count), static_cast<int>(offset));
 }
 
-void buffer_ring::add(std::uint16_t bid) noexcept { add_at(bid, 0); }
-
 void buffer_ring::advance(unsigned n) noexcept {
     io_uring_buf_ring_advance(_br, static_cast<int>(n));
     _in_ring += n;

@@ -67,7 +67,7 @@ public:
     void release(std::uint16_t bid) noexcept {
         --_in_use;
         if (_in_ring < _target) {
-            add(bid);
+            add_at(bid, 0);
             advance(1);
         } else {
             _spare.push_back(bid);
@@ -161,8 +161,9 @@ private:
 
     buffer_ring(internal::ring& on, std::uint16_t group, unsigned count, std::size_t size)
         : _on(on), _group(group), _count(count), _size(size) {}
-    // Writes a ring entry; advance() makes entries visible to the kernel.
-    void add(std::uint16_t bid) noexcept;
+    // Writes the ring entry `offset` places past the tail; advance() makes
+    // entries visible to the kernel.
+    void add_at(std::uint16_t bid, unsigned offset) noexcept;
     void advance(unsigned n) noexcept;
     void refill() noexcept {
         unsigned n = 0;
@@ -174,7 +175,6 @@ private:
             advance(n);
         }
     }
-    void add_at(std::uint16_t bid, unsigned offset) noexcept;
     void shrink_target() noexcept;
     void wake_one() noexcept;
     void maybe_wake() noexcept {

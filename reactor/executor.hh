@@ -25,6 +25,10 @@
 
 namespace shardd {
 
+namespace internal {
+struct root_task;
+}
+
 using namespace std::chrono_literals;
 
 struct executor_config {
@@ -169,6 +173,8 @@ public:
 
 private:
     explicit executor(const executor_config& cfg);
+    // Links a spawned root into the root list and queues it on `q`.
+    void start_root(internal::root_task r, task_queue_handle q);
     void run_until(const bool& done);
     bool poll_io();
     bool run_one_slice();

@@ -130,25 +130,23 @@ private:
     friend class executor;
 };
 
-template <typename T>
-join_handle<T> executor::spawn(task_queue_handle q, task<T> t) {
-    auto st = std::make_shared<internal::join_state<T>>();
-    internal::root_task r = internal::drive<T>(std::move(t), st, this);
+inline void executor::start_root(internal::root_task r, task_queue_handle q) {
     auto& p = r.handle.promise();
     p.exec = this;
     p.node.handle = r.handle;
     _roots.push(&p.node);
     schedule(r.handle, _queues.at(q.index).get());
+}
+
+template <typename T>
+join_handle<T> executor::spawn(task_queue_handle q, task<T> t) {
+    auto st = std::make_shared<internal::join_state<T>>();
+    start_root(internal::drive<T>(std::move(t), st, this), q);
     return join_handle<T>(std::move(st));
 }
 
 inline void executor::spawn_detached(task<void> t) {
-    internal::root_task r = internal::drive_detached(std::move(t));
-    auto& p = r.handle.promise();
-    p.exec = this;
-    p.node.handle = r.handle;
-    _roots.push(&p.node);
-    schedule(r.handle, _queues.at(current_queue_handle().index).get());
+    start_root(internal::drive_detached(std::move(t)), current_queue_handle());
 }
 
 template <typename T>
