@@ -99,6 +99,9 @@ struct listener_config {
     // Bytes received but not yet sent back, per connection, before shardd
     // stops reading from that peer.
     std::uint64_t max_pending = 256 * KiB;
+    // Relay bulk streams (raw echo, proxy) with splice(2): no copy through
+    // the receive pool once a receive fills a whole buffer.
+    bool splice = true;
     // Largest sockperf message accepted (header included). sockperf's own
     // largest payload is 65507 bytes.
     std::uint64_t max_message = 64 * KiB;

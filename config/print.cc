@@ -86,6 +86,7 @@ std::string to_toml(const config& cfg) {
            << "idle_timeout = " << quoted(format_duration(l.idle_timeout)) << "\n"
            << "backlog = " << l.backlog << "\n"
            << "nodelay = " << (l.nodelay ? "true" : "false") << "\n"
+           << "splice = " << (l.splice ? "true" : "false") << "\n"
            << "max_pending = " << quoted(format_size(l.max_pending)) << "\n";
         if (l.mode == listener_mode::echo && l.protocol == echo_protocol::sockperf) {
             os << "max_message = " << quoted(format_size(l.max_message)) << "\n";

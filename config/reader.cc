@@ -144,6 +144,7 @@ void reader::read_listener(const toml::table& t, const std::string& prefix, conf
     read_duration(t, prefix, "idle_timeout", l.idle_timeout, min_idle_timeout, max_idle_timeout, true);
     read_integer(t, prefix, "backlog", l.backlog, 1, max_backlog);
     read_bool(t, prefix, "nodelay", l.nodelay);
+    read_bool(t, prefix, "splice", l.splice);
     read_size(t, prefix, "max_pending", l.max_pending, 1 * KiB, 1 * GiB);
     read_size(t, prefix, "max_message", l.max_message, sockperf_header, max_message_limit);
     if (const toml::node* m = t.get("max_message"); m && mode_ok && l.protocol != echo_protocol::sockperf) {

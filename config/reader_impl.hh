@@ -30,9 +30,9 @@ inline constexpr std::array runtime_keys{
 inline constexpr std::array log_keys{"level"sv, "format"sv};
 inline constexpr std::array admin_keys{"listen"sv};
 inline constexpr std::array access_log_keys{"path"sv, "format"sv};
-inline constexpr std::array listener_keys{"name"sv,     "listen"sv,          "mode"sv,         "protocol"sv,
-                                          "upstream"sv, "max_connections"sv, "idle_timeout"sv, "backlog"sv,
-                                          "nodelay"sv,  "max_pending"sv,     "max_message"sv,  "half_close_timeout"sv};
+inline constexpr std::array listener_keys{
+    "name"sv,    "listen"sv,  "mode"sv,   "protocol"sv,    "upstream"sv,    "max_connections"sv,   "idle_timeout"sv,
+    "backlog"sv, "nodelay"sv, "splice"sv, "max_pending"sv, "max_message"sv, "half_close_timeout"sv};
 inline constexpr std::array upstream_keys{"name"sv,         "balance"sv,   "servers"sv,      "connect_timeout"sv,
                                           "retries"sv,      "max_fails"sv, "fail_timeout"sv, "max_queue"sv,
                                           "queue_timeout"sv};

@@ -43,6 +43,13 @@ void recv_state::pause_receive() {
     if (state() == phase::armed && !multishot_limit_supported.load(std::memory_order_relaxed)) {
         _pull = true;
     }
+    if (state() == phase::idle) {
+        // A paused stream takes no buffer, and with nothing in the kernel no
+        // completion will pass the wake token on (an armed receive's cancel
+        // does): pass it on now, or the next waiter waits on a reader that
+        // may not receive again for a long time (a spliced relay).
+        return_wake_token();
+    }
     pause();
 }
 

@@ -56,6 +56,9 @@ struct alignas(64) shard_counters {
     // Bytes a peer did not take at once, copied out of the receive pool
     // into their connection's own memory (see transit.hh).
     shard_counter bytes_spilled;
+    // Bytes relayed with splice(2) instead of through the receive pool (of
+    // bytes_in; see splice_pipes.hh).
+    shard_counter bytes_spliced;
 
     std::uint64_t active() const noexcept { return accepted.get() - closed.get(); }
     std::string summary() const;

@@ -1,9 +1,11 @@
 #include "server/transit.hh"
 
+#include "reactor/io.hh"
 #include "reactor/net.hh"
 
 #include <algorithm>
 #include <cstring>
+#include <poll.h>
 #include <spdlog/spdlog.h>
 #include <sys/socket.h>
 
@@ -21,6 +23,14 @@ constexpr std::size_t max_send_iovecs = 1024;
 // The spill's first allocation; it doubles from there as needed (up to
 // max_pending, by the receive's byte limit).
 constexpr std::size_t min_spill = 4096;
+// A spliced relay goes back to copying (and gives its pipe back) after this
+// many receives in a row that were each shorter than a pool buffer: the
+// stream is no longer bulk, and two syscalls per message cost more than
+// copying a small one twice (at 4 KiB the copies win; at 32 KiB and more,
+// splice: /tmp/p-style cells in docs/benchmarks.md). More than one, so that
+// a bulk stream whose segments sometimes arrive split does not bounce
+// between the two (each switch costs a cancel and a re-arm).
+constexpr unsigned splice_small_reads_to_leave = 4;
 
 std::string peer_name(int fd) {
     sockaddr_storage ss{};
@@ -62,7 +72,8 @@ void transit_env::give_scratch(round_scratch* s) noexcept {
 }
 
 transit::transit(int in_fd, int out_fd, transit_env& env, const transit_options& opts)
-    : _in_fd(in_fd), _out_fd(out_fd), _env(env), _max_pending(opts.max_pending) {
+    : _in_fd(in_fd), _out_fd(out_fd), _env(env), _max_pending(opts.max_pending),
+      _splice_allowed(opts.splice && opts.protocol == config::echo_protocol::raw && env.pipes != nullptr) {
     if (opts.protocol == config::echo_protocol::sockperf) {
         _sockperf = std::make_unique<sockperf_state>(opts.max_message);
     }
@@ -77,6 +88,7 @@ bool transit::absorb(std::byte* data, std::uint32_t len, std::uint16_t bid) {
     _env.counters.bytes_in.add(len);
     if (!_sockperf) {
         _round->out.push_back({data, len});
+        _bulk_seen = _bulk_seen || len == _env.buffers.buffer_size();
         return true;
     }
     _sockperf->error = _sockperf->framing.feed(data, len, _round->out, _sockperf->copies);
@@ -180,6 +192,101 @@ task<std::error_code> transit::send_round(recv_stream& rx) {
     co_return std::error_code{};
 }
 
+task<transit::splice_exit> transit::relay_spliced(recv_stream& rx, std::optional<transit_end>& end) {
+    splice_pipe p;
+    if (!splice_usable() || !_env.pipes->take(p)) {
+        co_return splice_exit::copy;
+    }
+    struct give_back {
+        pipe_pool& pool;
+        splice_pipe p;
+        ~give_back() { pool.give(p); }
+    } guard{*_env.pipes, p};
+    if (!_nonblocking) {
+        std::error_code ec = make_nonblocking(_in_fd);
+        if (!ec && _out_fd != _in_fd) {
+            ec = make_nonblocking(_out_fd);
+        }
+        if (ec) {
+            co_return splice_exit::copy;
+        }
+        _nonblocking = true;
+    }
+    // From here the socket's bytes are the pipe's to take: the kernel must
+    // have let go of the receive, and what it took before goes out first.
+    co_await rx.pause();
+    if (rx.has_ready()) {
+        _bulk_seen = true;  // splice after those
+        co_return splice_exit::copy;
+    }
+    unsigned small_reads = 0;
+    bool moved_any = false;
+    bool drained = false;
+    for (;;) {
+        if (drained) {
+            // Wait until bytes are queued (an idle spliced relay holds its
+            // empty pipe and no pool buffer). A poll armed on a socket that
+            // already has bytes completes at once, so waiting first after a
+            // short splice is safe, and saves the splice that would only
+            // have said EAGAIN: one syscall in three per message.
+            auto ready = co_await poll_fd(_in_fd, POLLIN).with_abort(_abort);
+            if (!ready) {
+                end = failed(ready.error(), transit_end::recv_error);
+                co_return splice_exit::ended;
+            }
+        }
+        auto n = splice_some(_in_fd, p.write_end, _max_pending);
+        drained = true;
+        if (!n) {
+            if (n.error() == std::errc::resource_unavailable_try_again) {
+                continue;
+            }
+            if (!moved_any && says_splice_unusable(n.error())) {
+                splice_unusable(n.error());
+                co_return splice_exit::copy;
+            }
+            end = failed(n.error(), transit_end::recv_error);
+            co_return splice_exit::ended;
+        }
+        if (*n == 0) {
+            co_return splice_exit::eof;
+        }
+        moved_any = true;
+        std::size_t in_pipe = *n;
+        _activity += *n;
+        _env.counters.bytes_in.add(*n);
+        _env.counters.bytes_spliced.add(*n);
+        while (in_pipe > 0) {
+            auto m = splice_some(p.read_end, _out_fd, in_pipe);
+            if (!m) {
+                if (m.error() != std::errc::resource_unavailable_try_again) {
+                    end = failed(m.error(), transit_end::send_error);
+                    co_return splice_exit::ended;
+                }
+                // The receiver does not keep up: the pipe holds the rest
+                // (at most max_pending), and nothing more is read.
+                _env.counters.backpressure_pauses.add();
+                auto ready = co_await poll_fd(_out_fd, POLLOUT).with_abort(_abort);
+                if (!ready) {
+                    end = failed(ready.error(), transit_end::send_error);
+                    co_return splice_exit::ended;
+                }
+                continue;
+            }
+            in_pipe -= *m;
+            _activity += *m;
+            _sent += *m;
+            _env.counters.bytes_out.add(*m);
+        }
+        // Less than asked for: the socket's queue is (most likely) empty.
+        drained = *n < _max_pending;
+        small_reads = *n < _env.buffers.buffer_size() ? small_reads + 1 : 0;
+        if (small_reads == splice_small_reads_to_leave) {
+            co_return splice_exit::copy;
+        }
+    }
+}
+
 task<std::error_code> transit::send_spill() {
     std::size_t off = 0;
     while (off < _spill_len) {
@@ -243,6 +350,16 @@ task<transit_end> transit::run() {
         }
         if (eof) {
             break;
+        }
+        if (_bulk_seen && _splice_allowed && _spill_len == 0 && !rx.has_ready()) {
+            _bulk_seen = false;
+            const splice_exit how = co_await relay_spliced(rx, end);
+            if (how == splice_exit::eof) {
+                eof = true;
+            }
+            if (how != splice_exit::copy) {
+                continue;
+            }
         }
         // A round: one completion (waiting for it if none is there), then
         // every completion already there, so that one send carries them all.

@@ -37,6 +37,7 @@
 #include "server/peer_log.hh"
 #include "server/served_connection.hh"
 #include "server/sockperf_framing.hh"
+#include "server/splice_pipes.hh"
 
 #include "reactor/abort_source.hh"
 #include "reactor/buffer_ring.hh"
@@ -64,8 +65,8 @@ struct round_scratch {
 // What every transit of a shard shares.
 class transit_env {
 public:
-    transit_env(buffer_ring& buffers, shard_counters& counters, peer_log& log)
-        : buffers(buffers), counters(counters), log(log) {}
+    transit_env(buffer_ring& buffers, shard_counters& counters, peer_log& log, pipe_pool* pipes = nullptr)
+        : buffers(buffers), counters(counters), log(log), pipes(pipes) {}
     transit_env(const transit_env&) = delete;
     transit_env& operator=(const transit_env&) = delete;
 
@@ -77,6 +78,8 @@ public:
     buffer_ring& buffers;
     shard_counters& counters;
     peer_log& log;
+    // Pipes for spliced relays (splice_pipes.hh); null: always copy.
+    pipe_pool* pipes;
 
 private:
     std::vector<std::unique_ptr<round_scratch>> _all;
@@ -87,6 +90,9 @@ struct transit_options {
     config::echo_protocol protocol = config::echo_protocol::raw;
     std::size_t max_pending = 256 * 1024;
     std::uint64_t max_message = 64 * 1024;
+    // Relay bulk streams with splice(2) (raw bytes only: sockperf needs to
+    // see them).
+    bool splice = true;
 };
 
 // How a transit ended, for counters, logs and the proxy's next step.
@@ -133,6 +139,13 @@ private:
     task<std::error_code> send_round(recv_stream& rx);
     // Copies _out[first..] (after `skip` bytes of it) into the spill.
     void spill(std::size_t first);
+    // Pauses the receive and relays with splice(2) through a pipe of the
+    // shard's, until the stream stops being bulk (copy: receive again), the
+    // sender shuts down (eof), or it ends (`end` says how). copy at once
+    // when there is no pipe, or bytes that arrived before the pause must go
+    // first.
+    enum class splice_exit : std::uint8_t { copy, eof, ended };
+    task<splice_exit> relay_spliced(recv_stream& rx, std::optional<transit_end>& end);
     // Sends the spill, waiting for the peer as long as it takes.
     task<std::error_code> send_spill();
     // The end of a round: pool buffers back, nothing queued.
@@ -171,6 +184,12 @@ private:
     std::uint64_t _activity = 0;
     std::uint64_t _sent = 0;
     std::error_code _error;
+    // Splice allowed here (raw bytes, the listener's `splice`), a round
+    // took a whole pool buffer (the stream is bulk: splice next), and the
+    // sockets were made non-blocking for splice(2).
+    bool _splice_allowed;
+    bool _bulk_seen = false;
+    bool _nonblocking = false;
 };
 
 }  // namespace shardd::server

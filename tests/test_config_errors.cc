@@ -126,6 +126,8 @@ std::vector<bad_case> cases() {
         {"backlog too large", listener + "backlog = 100000\n", "5:11: listener[0].backlog", "from 1 to 65535"},
         {"nodelay as a string", listener + "nodelay = \"yes\"\n", "5:11: listener[0].nodelay",
          "expected true or false, found \"yes\""},
+        {"splice as a number", listener + "splice = 1\n", "5:10: listener[0].splice",
+         "expected true or false, found integer 1"},
         {"max_message below the sockperf header", listener + "max_message = 10\n", "5:15: listener[0].max_message",
          "expected a size from 14B to 64MiB, found integer 10"},
         {"max_pending below one receive buffer", listener + "max_pending = \"8KiB\"\n", "5:15: listener[0].max_pending",

@@ -57,6 +57,7 @@ max_connections = 10
 idle_timeout = "0s"
 backlog = 128
 nodelay = false
+splice = false
 max_pending = "1MiB"
 max_message = "1KiB"
 
@@ -106,6 +107,7 @@ TEST_CASE("a minimal config gets the documented defaults", "[config]") {
     CHECK(l.idle_timeout == 300s);
     CHECK(l.backlog == 4096);
     CHECK(l.nodelay);
+    CHECK(l.splice);
     CHECK(l.max_pending == 256 * KiB);
     CHECK(l.max_message == 64 * KiB);
     CHECK(c.upstreams.empty());
@@ -142,6 +144,7 @@ TEST_CASE("every key is read", "[config]") {
     CHECK(e.idle_timeout == 0s);
     CHECK(e.backlog == 128);
     CHECK_FALSE(e.nodelay);
+    CHECK_FALSE(e.splice);
     CHECK(e.max_pending == 1 * MiB);
     CHECK(e.max_message == 1 * KiB);
     const auto& p = c.listeners[1];

@@ -26,7 +26,7 @@ struct counter_field {
     const char* help;
     shard_counter Counters::*member;
 };
-constexpr std::array<counter_field<shard_counters>, 14> counter_fields{
+constexpr std::array<counter_field<shard_counters>, 15> counter_fields{
     counter_field<shard_counters>{"connections_accepted_total", "accepted",
                                   "Connections accepted, all listeners of the shard.", &shard_counters::accepted},
     counter_field<shard_counters>{"connections_closed_total", "closed", "Connections closed, for any reason.",
@@ -53,6 +53,10 @@ constexpr std::array<counter_field<shard_counters>, 14> counter_fields{
         "Bytes a peer did not take at once, copied from the receive pool into their connection's own "
         "memory.",
         &shard_counters::bytes_spilled},
+    counter_field<shard_counters>{"spliced_bytes_total", "bytes_spliced",
+                                  "Bytes of bulk streams relayed with splice(2), without a copy through the receive "
+                                  "pool (part of received_bytes_total).",
+                                  &shard_counters::bytes_spliced},
     counter_field<shard_counters>{
         "backpressure_pauses_total", "backpressure_pauses",
         "Times a connection stopped receiving because the other side did not take what it sent.",

@@ -214,6 +214,7 @@ task<void> proxy_pair::run() {
     const int server_fd = _server_fd.get();
     transit_options opts;
     opts.max_pending = _l.cfg->max_pending;
+    opts.splice = _l.cfg->splice;
     transit to_server(_client_fd, server_fd, *_sh.transit, opts);
     transit to_client(server_fd, _client_fd, *_sh.transit, opts);
     _dir[up] = &to_server;

@@ -167,7 +167,7 @@ void reset_connection(socket_fd& s) {
 std::vector<shard_stats> drained_stats(const std::string& log) {
     static const std::regex line(
         R"(\[shard (\d+)\] drained: connections accepted (\d+), closed (\d+), refused (\d+), idle-closed (\d+), )"
-        R"(errors (\d+) \(protocol (\d+)\); bytes in (\d+), out (\d+), spilled (\d+); ENOBUFS (\d+), )"
+        R"(errors (\d+) \(protocol (\d+)\); bytes in (\d+), out (\d+), spilled (\d+), spliced (\d+); ENOBUFS (\d+), )"
         R"(backpressure pauses (\d+), accept back-offs (\d+), log lines suppressed (\d+))");
     std::vector<shard_stats> out;
     for (std::sregex_iterator it(log.begin(), log.end(), line), end; it != end; ++it) {
@@ -184,10 +184,11 @@ std::vector<shard_stats> drained_stats(const std::string& log) {
         s.bytes_in = n(8);
         s.bytes_out = n(9);
         s.spilled = n(10);
-        s.enobufs = n(11);
-        s.pauses = n(12);
-        s.backoffs = n(13);
-        s.log_suppressed = n(14);
+        s.spliced = n(11);
+        s.enobufs = n(12);
+        s.pauses = n(13);
+        s.backoffs = n(14);
+        s.log_suppressed = n(15);
         out.push_back(s);
     }
     std::sort(out.begin(), out.end(), [](const auto& a, const auto& b) { return a.shard < b.shard; });
@@ -209,6 +210,7 @@ shard_stats sum(const std::vector<shard_stats>& all) {
         t.backoffs += s.backoffs;
         t.protocol_errors += s.protocol_errors;
         t.spilled += s.spilled;
+        t.spliced += s.spliced;
         t.log_suppressed += s.log_suppressed;
     }
     return t;

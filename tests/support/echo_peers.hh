@@ -89,7 +89,7 @@ struct shard_stats {
     unsigned shard = 0;
     std::uint64_t accepted = 0, closed = 0, refused = 0, idle_closed = 0, errors = 0;
     std::uint64_t bytes_in = 0, bytes_out = 0, enobufs = 0, pauses = 0, backoffs = 0;
-    std::uint64_t protocol_errors = 0, spilled = 0, log_suppressed = 0;
+    std::uint64_t protocol_errors = 0, spilled = 0, spliced = 0, log_suppressed = 0;
 };
 // Every shard's "drained: ..." line in `log`, by shard number.
 std::vector<shard_stats> drained_stats(const std::string& log);
