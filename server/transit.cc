@@ -72,7 +72,8 @@ void transit_env::give_scratch(round_scratch* s) noexcept {
 }
 
 transit::transit(int in_fd, int out_fd, transit_env& env, const transit_options& opts)
-    : _in_fd(in_fd), _out_fd(out_fd), _env(env), _max_pending(opts.max_pending),
+    : _in_fd(in_fd), _out_fd(out_fd), _env(env),
+      _max_pending(static_cast<std::uint32_t>(std::min<std::size_t>(opts.max_pending, UINT32_MAX))),
       _splice_allowed(opts.splice && opts.protocol == config::echo_protocol::raw && env.pipes != nullptr) {
     if (opts.protocol == config::echo_protocol::sockperf) {
         _sockperf = std::make_unique<sockperf_state>(opts.max_message);
@@ -133,7 +134,7 @@ void transit::spill(std::size_t first) {
     }
 }
 
-task<std::error_code> transit::send_round(recv_stream& rx) {
+task<std::error_code> transit::send_round(recv_stream& rx, std::optional<transit_end>& end, bool& eof) {
     std::vector<iovec>& out = _round->out;
     if (_spill_len > 0) {
         // Behind what already waits for the peer.
@@ -181,6 +182,15 @@ task<std::error_code> transit::send_round(recv_stream& rx) {
         }
     }
     if (first == out.size()) {
+        if (_bulk_seen && _splice_allowed && !eof && !end && !rx.has_ready()) {
+            // All sent, and the stream is bulk: splice from here. Awaited in
+            // this coroutine, not in run(), whose frame every idle
+            // connection carries (GCC keeps each co_await's temporaries in
+            // the frame: 32 bytes per connection).
+            _bulk_seen = false;
+            end_round();
+            eof = co_await relay_spliced(rx, end) == splice_exit::eof;
+        }
         co_return std::error_code{};
     }
     // The peer does not keep up: keep the rest ourselves, and stop taking
@@ -351,16 +361,6 @@ task<transit_end> transit::run() {
         if (eof) {
             break;
         }
-        if (_bulk_seen && _splice_allowed && _spill_len == 0 && !rx.has_ready()) {
-            _bulk_seen = false;
-            const splice_exit how = co_await relay_spliced(rx, end);
-            if (how == splice_exit::eof) {
-                eof = true;
-            }
-            if (how != splice_exit::copy) {
-                continue;
-            }
-        }
         // A round: one completion (waiting for it if none is there), then
         // every completion already there, so that one send carries them all.
         rx.limit_unread(_max_pending);
@@ -388,13 +388,13 @@ task<transit_end> transit::run() {
         } while (rx.has_ready() && _round->held.size() < max_batch_buffers);
 
         if (_round && !_round->out.empty() && (!end || *end == transit_end::protocol_error)) {
-            const std::error_code ec = co_await send_round(rx);
+            const std::error_code ec = co_await send_round(rx, end, eof);
             if (ec && !end) {
                 end = failed(ec, transit_end::send_error);
             }
         }
         end_round();
-        if (starved && !end && _spill_len == 0) {
+        if (starved && !end && !eof && _spill_len == 0) {
             // Out of pool buffers: wait for one, first come first served.
             // Not with a spill to send: the wake token would be held while
             // we wait on our peer; the spill goes first, then next() asks

@@ -22,6 +22,13 @@
 //      a blocking send of the spill. What arrived before the pause joins the
 //      spill. Once it is all out, receiving resumes.
 //
+//   5. Raw bytes only: all sent, and a receive of the round filled a whole
+//      pool buffer (a bulk stream): the receive is paused and the stream
+//      goes on with splice(2) through a pipe, without a copy, until four
+//      receives in a row are shorter than a buffer (splice_pipes.hh,
+//      relay_spliced()). The pipe holds at most max_pending bytes, and
+//      nothing more is read while the receiver does not take them.
+//
 // So pool buffers are held from a receive's completion to the end of the
 // same round, never across a wait on the receiver: a receiver that does not
 // read (or a sender that trickles a byte per segment, or sends half a
@@ -135,8 +142,10 @@ private:
     // Takes one received buffer: keeps it for this round and queues what to
     // send back. Returns false on a protocol error.
     bool absorb(std::byte* data, std::uint32_t len, std::uint16_t bid);
-    // Sends what this round queued, or spills it (see above).
-    task<std::error_code> send_round(recv_stream& rx);
+    // Sends what this round queued, or spills it (see above). All sent and
+    // the stream bulk: relays with splice(2) from there (relay_spliced()),
+    // setting `eof` or `end` when the stream ended that way.
+    task<std::error_code> send_round(recv_stream& rx, std::optional<transit_end>& end, bool& eof);
     // Copies _out[first..] (after `skip` bytes of it) into the spill.
     void spill(std::size_t first);
     // Pauses the receive and relays with splice(2) through a pipe of the
@@ -159,8 +168,15 @@ private:
     int _out_fd;
     transit_env& _env;
     // Of the options, only this outlives the constructor (an idle
-    // connection carries every byte here).
-    std::size_t _max_pending;
+    // connection carries every byte here: 32 bits, as config caps it at
+    // 1 GiB, and the flags below share its 8 bytes).
+    std::uint32_t _max_pending;
+    // Splice allowed here (raw bytes, the listener's `splice`), a round
+    // took a whole pool buffer (the stream is bulk: splice next), and the
+    // sockets were made non-blocking for splice(2).
+    bool _splice_allowed;
+    bool _bulk_seen = false;
+    bool _nonblocking = false;
     abort_source _abort;
     // The sockperf protocol's state, on the heap and only for a sockperf
     // listener: a raw transit (an echo, either direction of a proxied pair)
@@ -184,12 +200,6 @@ private:
     std::uint64_t _activity = 0;
     std::uint64_t _sent = 0;
     std::error_code _error;
-    // Splice allowed here (raw bytes, the listener's `splice`), a round
-    // took a whole pool buffer (the stream is bulk: splice next), and the
-    // sockets were made non-blocking for splice(2).
-    bool _splice_allowed;
-    bool _bulk_seen = false;
-    bool _nonblocking = false;
 };
 
 }  // namespace shardd::server
