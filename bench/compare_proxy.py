@@ -148,6 +148,9 @@ stream {{
         return f"""global
   nbthread 1
   maxconn {self.idle_pairs + 200}
+  # Pipes for splice-auto: as many as a shardd shard has (its default
+  # maxconn/4 would want more descriptors than RLIMIT_NOFILE here).
+  maxpipes 256
 defaults
   mode tcp
   timeout connect 5s
@@ -159,6 +162,9 @@ listen web
   server s 127.0.0.1:{self.http}
 listen bulk
   bind 127.0.0.1:{bulk}
+  # HAProxy at its best for bulk: splice(2) where it pays, as shardd does
+  # (its listener key splice, on by default).
+  option splice-auto
   server s 127.0.0.1:{self.iperf}
 listen echo
   bind 127.0.0.1:{echo}
