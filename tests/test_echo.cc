@@ -124,16 +124,48 @@ TEST_CASE("echo: 64 KiB messages on 16 connections at once come back byte-exact"
     }
 }
 
+TEST_CASE("echo: where splice(2) is refused (seccomp, EPERM), bulk streams are copied; logged once", "[echo][bulk]") {
+    // As a container's seccomp profile could: shardd learns it from the
+    // first refusal, says so once, and every stream goes on through the pool.
+    echo_daemon d(echo_config(raw_listener), "", seccomp_exec_wrapper("splice"));
+    echo_at_once(d, 16, 8, 64 * 1024, 2000);
+    auto r = d.stop();
+    REQUIRE(r.has_value());
+    CHECK(r->exit_code == 0);
+    INFO(r->err);
+    const shard_stats t = sum(drained_stats(r->err));
+    CHECK(t.bytes_in == 16 * 8 * 64 * 1024);
+    CHECK(t.bytes_out == t.bytes_in);
+    CHECK(t.spliced == 0);
+    CHECK(t.errors == 0);
+    static const std::regex refused("splice\\(2\\) between sockets does not work here \\(Operation not permitted\\)");
+    const auto lines =
+        std::distance(std::sregex_iterator(r->err.begin(), r->err.end(), refused), std::sregex_iterator());
+    CHECK(lines == 1);
+}
+
 TEST_CASE("echo: half-close gets everything back, then EOF", "[echo]") {
-    echo_daemon d(echo_config(raw_listener));
-    socket_fd c(d.connect());
-    const std::string msg = pattern(300 * 1024, 7);
-    REQUIRE(send_all(c.get(), msg));
-    REQUIRE(shutdown(c.get(), SHUT_WR) == 0);
-    std::string back;
-    CHECK(recv_until_eof(c.get(), back));
-    CHECK(back.size() == msg.size());
-    CHECK(back == msg);
+    // Spliced (300 KiB in one write fills whole pool buffers) or copied.
+    const bool splice = GENERATE(true, false);
+    INFO("splice " << splice);
+    echo_daemon d(echo_config(raw_listener + (splice ? "" : "splice = false\n")));
+    {
+        socket_fd c(d.connect());
+        const std::string msg = pattern(300 * 1024, 7);
+        REQUIRE(send_all(c.get(), msg));
+        REQUIRE(shutdown(c.get(), SHUT_WR) == 0);
+        std::string back;
+        CHECK(recv_until_eof(c.get(), back));
+        CHECK(back.size() == msg.size());
+        CHECK(back == msg);
+    }
+    auto r = d.stop();
+    REQUIRE(r.has_value());
+    INFO(r->err);
+    const shard_stats t = sum(drained_stats(r->err));
+    CHECK(t.bytes_out == 300 * 1024);
+    CHECK(t.errors == 0);
+    CHECK((t.spliced > 0) == splice);
 }
 
 TEST_CASE("echo: a buffer ring that runs dry (ENOBUFS) is survived and counted", "[echo]") {

@@ -6,6 +6,7 @@
 #include <cerrno>
 #include <chrono>
 #include <csignal>
+#include <cstdlib>
 #include <cstring>
 #include <fstream>
 #include <netinet/in.h>
@@ -34,11 +35,24 @@ std::string echo_config(const std::string& listeners, const std::string& runtime
     return "[runtime]\n" + runtime_extra + "\n[log]\nlevel = \"info\"\n" + listeners + "\n";
 }
 
-echo_daemon::echo_daemon(const std::string& config_toml, const std::string& shell_prefix) {
+std::vector<std::string> seccomp_exec_wrapper(const std::string& syscalls) {
+    const char* path = std::getenv("SHARDD_SECCOMP_EXEC");
+    if (path == nullptr) {
+        throw std::runtime_error("SHARDD_SECCOMP_EXEC is not set; run the tests through `meson test`");
+    }
+    return {path, syscalls};
+}
+
+echo_daemon::echo_daemon(const std::string& config_toml, const std::string& shell_prefix,
+                         const std::vector<std::string>& exec_wrapper) {
     _config = std::make_unique<temp_file>("shardd.toml", config_toml);
     _notify = std::make_unique<notify_socket>();
     const std::map<std::string, std::string> env{{"NOTIFY_SOCKET", _notify->path()}};
-    if (shell_prefix.empty()) {
+    if (!exec_wrapper.empty()) {
+        std::vector<std::string> args(exec_wrapper.begin() + 1, exec_wrapper.end());
+        args.insert(args.end(), {shardd_binary(), "-c", _config->path()});
+        _process = std::make_unique<daemon_process>(args, env, exec_wrapper.front());
+    } else if (shell_prefix.empty()) {
         _process = std::make_unique<daemon_process>(std::vector<std::string>{"-c", _config->path()}, env);
     } else {
         _process =

@@ -25,9 +25,11 @@ std::string echo_config(const std::string& listeners, const std::string& runtime
 class echo_daemon {
 public:
     // Writes `config_toml` to a temporary file and starts shardd on it;
-    // `shell_prefix` (e.g. "ulimit -n 64") runs in /bin/sh first. Throws if
-    // READY=1 does not come.
-    explicit echo_daemon(const std::string& config_toml, const std::string& shell_prefix = "");
+    // `shell_prefix` (e.g. "ulimit -n 64") runs in /bin/sh first, or
+    // `exec_wrapper` (a program and its arguments, e.g. seccomp_exec_wrapper())
+    // execs shardd. Throws if READY=1 does not come.
+    explicit echo_daemon(const std::string& config_toml, const std::string& shell_prefix = "",
+                         const std::vector<std::string>& exec_wrapper = {});
 
     daemon_process& process() { return *_process; }
     int pid() const { return _process->pid(); }
@@ -44,6 +46,10 @@ private:
     std::unique_ptr<daemon_process> _process;
     std::vector<std::string> _addresses;
 };
+
+// tests/support/seccomp_exec with `syscalls` (comma-separated) denied with
+// EPERM: an exec_wrapper for echo_daemon.
+std::vector<std::string> seccomp_exec_wrapper(const std::string& syscalls);
 
 // Connects a blocking TCP socket to "HOST:PORT" ("[::1]:PORT" for IPv6).
 int connect_to(const std::string& address);
