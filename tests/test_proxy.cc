@@ -22,8 +22,15 @@
 using namespace shardd::test;
 
 TEST_CASE("64 MiB each way at once through one proxied connection, byte-exact", "[proxy]") {
-    auto echo = start_echo();
-    auto proxy = start_proxy(quoted_list({echo->addresses()[0]}));
+    // Both ways a relay can go: spliced (the default, for a bulk stream) and
+    // copied through the receive pool (splice = false), in the proxy and in
+    // the echo behind it.
+    const bool splice = GENERATE(true, false);
+    INFO("splice " << splice);
+    const std::string off = splice ? "" : "splice = false\n";
+    auto echo = std::make_unique<echo_daemon>(
+        echo_config("[[listener]]\nname = \"e\"\nlisten = [\"127.0.0.1:0\"]\nmode = \"echo\"\n" + off, cpus_key()));
+    auto proxy = start_proxy(quoted_list({echo->addresses()[0]}), "", off);
     const int fd = proxy->connect();
     constexpr std::size_t total = 64u << 20;
     const std::string data = pattern(total, 7);
@@ -49,6 +56,14 @@ TEST_CASE("64 MiB each way at once through one proxied connection, byte-exact", 
     REQUIRE(back.size() == total);
     CHECK(back == data);
     close(fd);
+    for (auto* d : {proxy.get(), echo.get()}) {
+        auto r = d->stop();
+        REQUIRE(r.has_value());
+        INFO(r->err);
+        const shard_stats t = sum(drained_stats(r->err));
+        CHECK(t.bytes_out == t.bytes_in);
+        CHECK((t.spliced > 0) == splice);
+    }
 }
 
 TEST_CASE("1000 short proxied connections, each served", "[proxy]") {
