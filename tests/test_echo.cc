@@ -63,6 +63,23 @@ void echo_at_once(echo_daemon& d, int conns, int messages, std::size_t size, std
     }
 }
 
+// 16 connections x 8 messages of 64 KiB at once (echo_at_once), then a
+// clean stop: every byte in went back out. Returns the drained counters;
+// `log` gets the daemon's stderr.
+shard_stats bulk_echo_then_stop(echo_daemon& d, std::uint64_t seed, std::string& log) {
+    echo_at_once(d, 16, 8, 64 * 1024, seed);
+    auto r = d.stop();
+    REQUIRE(r.has_value());
+    CHECK(r->exit_code == 0);
+    INFO(r->err);
+    const shard_stats t = sum(drained_stats(r->err));
+    CHECK(t.bytes_in == 16 * 8 * 64 * 1024);
+    CHECK(t.bytes_out == t.bytes_in);
+    CHECK(t.errors == 0);
+    log = r->err;
+    return t;
+}
+
 }  // namespace
 
 TEST_CASE("echo: 1 B, 64 B, 16 KiB and 8 MiB come back byte-exact over IPv4 and IPv6", "[echo]") {
@@ -106,14 +123,9 @@ TEST_CASE("echo: 64 KiB messages on 16 connections at once come back byte-exact"
                                variant{"recv_buffers = 64", false});
     INFO("runtime: " << (v.runtime.empty() ? "defaults" : v.runtime) << ", splice " << v.splice);
     echo_daemon d(echo_config(raw_listener + (v.splice ? "" : "splice = false\n"), v.runtime));
-    echo_at_once(d, 16, 8, 64 * 1024, 1000);
-    auto r = d.stop();
-    REQUIRE(r.has_value());
-    CHECK(r->exit_code == 0);
-    INFO(r->err);
-    const shard_stats t = sum(drained_stats(r->err));
-    CHECK(t.bytes_in == 16 * 8 * 64 * 1024);
-    CHECK(t.bytes_out == t.bytes_in);
+    std::string log;
+    const shard_stats t = bulk_echo_then_stop(d, 1000, log);
+    INFO(log);
     if (v.splice) {
         // 64 KiB writes reach the daemon as segments of up to 64 KiB (the
         // loopback MTU): receives fill whole 32 KiB buffers, so streams
@@ -128,19 +140,12 @@ TEST_CASE("echo: where splice(2) is refused (seccomp, EPERM), bulk streams are c
     // As a container's seccomp profile could: shardd learns it from the
     // first refusal, says so once, and every stream goes on through the pool.
     echo_daemon d(echo_config(raw_listener), "", seccomp_exec_wrapper("splice"));
-    echo_at_once(d, 16, 8, 64 * 1024, 2000);
-    auto r = d.stop();
-    REQUIRE(r.has_value());
-    CHECK(r->exit_code == 0);
-    INFO(r->err);
-    const shard_stats t = sum(drained_stats(r->err));
-    CHECK(t.bytes_in == 16 * 8 * 64 * 1024);
-    CHECK(t.bytes_out == t.bytes_in);
+    std::string log;
+    const shard_stats t = bulk_echo_then_stop(d, 2000, log);
+    INFO(log);
     CHECK(t.spliced == 0);
-    CHECK(t.errors == 0);
     static const std::regex refused("splice\\(2\\) between sockets does not work here \\(Operation not permitted\\)");
-    const auto lines =
-        std::distance(std::sregex_iterator(r->err.begin(), r->err.end(), refused), std::sregex_iterator());
+    const auto lines = std::distance(std::sregex_iterator(log.begin(), log.end(), refused), std::sregex_iterator());
     CHECK(lines == 1);
 }
 
