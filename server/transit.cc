@@ -297,7 +297,7 @@ task<transit::splice_exit> transit::relay_spliced(recv_stream& rx, std::optional
     }
 }
 
-task<std::error_code> transit::send_spill() {
+task<std::error_code> transit::send_spill(recv_stream* rx, std::optional<transit_end>* end, bool* eof) {
     std::size_t off = 0;
     while (off < _spill_len) {
         const auto chunk = static_cast<std::uint32_t>(std::min<std::size_t>(_spill_len - off, UINT32_MAX));
@@ -314,6 +314,12 @@ task<std::error_code> transit::send_spill() {
     _spill.reset();
     _spill_len = 0;
     _spill_cap = 0;
+    if (rx != nullptr && _bulk_seen && _splice_allowed && !*eof && !*end && !rx->has_ready()) {
+        // A bulk stream whose receiver fell behind: the receive is paused
+        // already, so splice from here (the pipe is the backpressure now).
+        _bulk_seen = false;
+        *eof = co_await relay_spliced(*rx, *end) == splice_exit::eof;
+    }
     co_return std::error_code{};
 }
 
@@ -352,7 +358,7 @@ task<transit_end> transit::run() {
         if (_spill_len > 0 && !rx.has_ready()) {
             // The receive is paused and nothing of the pool is held: wait on
             // the peer for as long as it takes (or until abort()).
-            const std::error_code ec = co_await send_spill();
+            const std::error_code ec = co_await send_spill(&rx, &end, &eof);
             if (ec) {
                 end = failed(ec, transit_end::send_error);
             }

@@ -156,7 +156,10 @@ private:
     enum class splice_exit : std::uint8_t { copy, eof, ended };
     task<splice_exit> relay_spliced(recv_stream& rx, std::optional<transit_end>& end);
     // Sends the spill, waiting for the peer as long as it takes.
-    task<std::error_code> send_spill();
+    // With the stream's receive, end and eof (run()'s loop): then, if the
+    // stream is bulk, goes on with splice(2) as send_round() does.
+    task<std::error_code> send_spill(recv_stream* rx = nullptr, std::optional<transit_end>* end = nullptr,
+                                     bool* eof = nullptr);
     // The end of a round: pool buffers back, nothing queued.
     void end_round() noexcept;
     void log_protocol_error();
