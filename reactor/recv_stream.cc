@@ -130,6 +130,10 @@ expected<received> recv_state::take() {
 
 }  // namespace internal
 
+void recv_stream::use_multishot_limit(bool use) noexcept {
+    internal::multishot_limit_supported.store(use, std::memory_order_relaxed);
+}
+
 recv_stream::recv_stream(int fd, buffer_ring& buffers, abort_source* abort)
     : _s(new internal::recv_state(fd, buffers, abort)) {}
 

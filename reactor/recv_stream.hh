@@ -138,6 +138,12 @@ public:
     // without the multishot byte limit only).
     std::uint64_t pauses() const noexcept { return _s->pauses(); }
 
+    // Whether receives armed from now on (every stream of the process) ask
+    // the kernel for the multishot byte limit. True to start with; the first
+    // EINVAL sets it false. Tests set it false to run the fallback (pausing
+    // over the limit) on kernels that have the limit.
+    static void use_multishot_limit(bool use) noexcept;
+
 private:
     internal::recv_state* _s;
 };
