@@ -38,6 +38,8 @@ struct listen_options {
 // Sockets here are blocking on purpose, as are accepted ones: io_uring waits
 // for readiness itself, and on an O_NONBLOCK file some operations hand back
 // -EAGAIN/-EINPROGRESS (connect then ends in EISCONN) instead of waiting.
+// (The daemon sets O_NONBLOCK on a connected socket once it splices, for
+// splice(2): server/splice_pipes.hh says why that is safe there.)
 expected<owned_fd> listen_socket(const socket_address& addr, const listen_options& opts);
 // A TCP socket of `family` (AF_INET, AF_INET6) for connect().
 expected<owned_fd> tcp_socket(int family);

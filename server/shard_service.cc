@@ -484,7 +484,7 @@ task<void> run_shard(shard_plan plan) {
         co_return;
     }
     sh.buffers = std::move(*buffers);
-    sh.pipes = std::make_unique<pipe_pool>(max_splice_pipes);
+    sh.pipes = std::make_unique<splice_pipes>(max_splice_pipes);
     sh.transit = std::make_unique<transit_env>(*sh.buffers, *sh.counters, *sh.log, sh.pipes.get());
     std::optional<join_handle<void>> access_writer;
     if (plan.access_log_fd >= 0) {

@@ -100,7 +100,7 @@ struct shard_state {
     // The buffers, counters, log and round scratch every transit shares.
     std::unique_ptr<transit_env> transit;
     // Pipes for spliced bulk relays (splice_pipes.hh).
-    std::unique_ptr<pipe_pool> pipes;
+    std::unique_ptr<splice_pipes> pipes;
     // One line per closed connection; null when the access log is off.
     std::unique_ptr<access_log> access;
     std::size_t connections = 0;

@@ -12,7 +12,7 @@ namespace {
 std::atomic<bool> splice_works{true};
 }  // namespace
 
-bool pipe_pool::take(splice_pipe& out) noexcept {
+bool splice_pipes::open(splice_pipe& out) noexcept {
     if (_open >= _max) {
         return false;
     }
@@ -25,7 +25,7 @@ bool pipe_pool::take(splice_pipe& out) noexcept {
     return true;
 }
 
-void pipe_pool::give(splice_pipe p) noexcept {
+void splice_pipes::close(splice_pipe p) noexcept {
     ::close(p.read_end);
     ::close(p.write_end);
     --_open;

@@ -18,8 +18,8 @@
 // splices only once a receive fills a whole pool buffer (transit.hh).
 //
 // The pipes are counted per shard: a transit opens one when it starts to
-// splice and closes it when it goes back to copying or ends (pipe2 costs
-// about a microsecond, and a bulk stream splices for many messages), so a
+// splice and closes it when it goes back to copying or ends (one pipe2 and
+// two closes per switch, and a bulk stream splices for many messages), so a
 // shard keeps no descriptors for streams that are gone. At the shard's
 // maximum (or with no descriptors left) the transit keeps copying, which
 // always works. A pipe holds at most max_pending bytes (the length each
@@ -37,20 +37,18 @@ struct splice_pipe {
     int write_end = -1;
 };
 
-class pipe_pool {
+// A shard's pipes: how many are open, against its maximum.
+class splice_pipes {
 public:
-    // At most `max_pipes` pipes open at once.
-    explicit pipe_pool(std::size_t max_pipes) noexcept : _max(max_pipes) {}
-    pipe_pool(const pipe_pool&) = delete;
-    pipe_pool& operator=(const pipe_pool&) = delete;
+    explicit splice_pipes(std::size_t max_pipes) noexcept : _max(max_pipes) {}
+    splice_pipes(const splice_pipes&) = delete;
+    splice_pipes& operator=(const splice_pipes&) = delete;
 
     // A new pipe (both ends non-blocking), or false: the shard is at its
     // maximum, or pipe2() failed (no descriptors); the caller copies.
-    bool take(splice_pipe& out) noexcept;
+    bool open(splice_pipe& out) noexcept;
     // Closes it (dropping whatever it still holds).
-    void give(splice_pipe p) noexcept;
-
-    std::size_t open_pipes() const noexcept { return _open; }
+    void close(splice_pipe p) noexcept;
 
 private:
     std::size_t _max;
@@ -62,8 +60,13 @@ private:
 // stream, or the error (resource_unavailable_try_again: nothing to move yet).
 expected<std::size_t> splice_some(int in_fd, int out_fd, std::size_t len) noexcept;
 
-// Makes a socket non-blocking, which splice(2) needs for its socket end;
-// io_uring's socket operations do not care.
+// Makes a socket non-blocking, which splice(2) needs for its socket end.
+// Once set it stays: what the transit asks of io_uring on that socket
+// afterwards (multishot RECV, SEND, SENDMSG; the proxy's CONNECT is over by
+// then) still waits for readiness, as io_uring arms a poll when the socket
+// says EAGAIN. Only operations issued from an io-wq worker would see EAGAIN
+// instead, and the one the transit's owners send there (SHUTDOWN) does not
+// wait for data. See reactor/net.hh on why sockets start blocking.
 std::error_code make_nonblocking(int fd) noexcept;
 
 // Whether splice(2) works between sockets and pipes here. Learnt from the

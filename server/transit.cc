@@ -183,12 +183,11 @@ task<std::error_code> transit::send_round(recv_stream& rx, std::optional<transit
         }
     }
     if (first == out.size()) {
-        if (_bulk_seen && _splice_allowed && !eof && !end && !rx.has_ready()) {
+        if (splice_next(rx, eof, end)) {
             // All sent, and the stream is bulk: splice from here. Awaited in
             // this coroutine, not in run(), whose frame every idle
             // connection carries (GCC keeps each co_await's temporaries in
             // the frame: 32 bytes per connection).
-            _bulk_seen = false;
             end_round();
             eof = co_await relay_spliced(rx, end) == splice_exit::eof;
         }
@@ -203,15 +202,23 @@ task<std::error_code> transit::send_round(recv_stream& rx, std::optional<transit
     co_return std::error_code{};
 }
 
+bool transit::splice_next(const recv_stream& rx, bool eof, const std::optional<transit_end>& end) noexcept {
+    if (!_bulk_seen || !_splice_allowed || eof || end || rx.has_ready()) {
+        return false;
+    }
+    _bulk_seen = false;
+    return true;
+}
+
 task<transit::splice_exit> transit::relay_spliced(recv_stream& rx, std::optional<transit_end>& end) {
     splice_pipe p;
-    if (!splice_usable() || !_env.pipes->take(p)) {
+    if (!splice_usable() || !_env.pipes->open(p)) {
         co_return splice_exit::copy;
     }
-    struct give_back {
-        pipe_pool& pool;
+    struct close_on_exit {
+        splice_pipes& pipes;
         splice_pipe p;
-        ~give_back() { pool.give(p); }
+        ~close_on_exit() { pipes.close(p); }
     } guard{*_env.pipes, p};
     if (!_nonblocking) {
         std::error_code ec = make_nonblocking(_in_fd);
@@ -315,10 +322,9 @@ task<std::error_code> transit::send_spill(recv_stream* rx, std::optional<transit
     _spill.reset();
     _spill_len = 0;
     _spill_cap = 0;
-    if (rx != nullptr && _bulk_seen && _splice_allowed && !*eof && !*end && !rx->has_ready()) {
+    if (rx != nullptr && splice_next(*rx, *eof, *end)) {
         // A bulk stream whose receiver fell behind: the receive is paused
         // already, so splice from here (the pipe is the backpressure now).
-        _bulk_seen = false;
         *eof = co_await relay_spliced(*rx, *end) == splice_exit::eof;
     }
     co_return std::error_code{};

@@ -72,7 +72,7 @@ struct round_scratch {
 // What every transit of a shard shares.
 class transit_env {
 public:
-    transit_env(buffer_ring& buffers, shard_counters& counters, peer_log& log, pipe_pool* pipes = nullptr)
+    transit_env(buffer_ring& buffers, shard_counters& counters, peer_log& log, splice_pipes* pipes = nullptr)
         : buffers(buffers), counters(counters), log(log), pipes(pipes) {}
     transit_env(const transit_env&) = delete;
     transit_env& operator=(const transit_env&) = delete;
@@ -86,7 +86,7 @@ public:
     shard_counters& counters;
     peer_log& log;
     // Pipes for spliced relays (splice_pipes.hh); null: always copy.
-    pipe_pool* pipes;
+    splice_pipes* pipes;
 
 private:
     std::vector<std::unique_ptr<round_scratch>> _all;
@@ -148,6 +148,10 @@ private:
     task<std::error_code> send_round(recv_stream& rx, std::optional<transit_end>& end, bool& eof);
     // Copies _out[first..] (after `skip` bytes of it) into the spill.
     void spill(std::size_t first);
+    // Whether a round that sent everything goes on spliced: the stream is
+    // bulk (consumes that), splicing is allowed, it has not ended, and no
+    // completion waits to be taken first.
+    bool splice_next(const recv_stream& rx, bool eof, const std::optional<transit_end>& end) noexcept;
     // Pauses the receive and relays with splice(2) through a pipe of the
     // shard's, until the stream stops being bulk (copy: receive again), the
     // sender shuts down (eof), or it ends (`end` says how). copy at once

@@ -4,6 +4,7 @@
 
 #include "tests/support/echo_daemon.hh"
 #include "tests/support/echo_peers.hh"
+#include "tests/support/proxy_peers.hh"
 
 #include <catch2/catch.hpp>
 #include <netinet/in.h>
@@ -147,6 +148,30 @@ TEST_CASE("echo: where splice(2) is refused (seccomp, EPERM), bulk streams are c
     static const std::regex refused("splice\\(2\\) between sockets does not work here \\(Operation not permitted\\)");
     const auto lines = std::distance(std::sregex_iterator(log.begin(), log.end(), refused), std::sregex_iterator());
     CHECK(lines == 1);
+}
+
+TEST_CASE("echo: after a spliced burst, small messages go back to the pool, on the now non-blocking socket",
+          "[echo][bulk]") {
+    // 300 KiB (more than max_pending) makes the stream splice; four small
+    // messages in a row take it back to the multishot receive, which must
+    // still wait for data on a socket that splice left O_NONBLOCK.
+    echo_daemon d(echo_config("[admin]\nlisten = \"127.0.0.1:0\"\n" + raw_listener));
+    std::smatch m;
+    const std::string& err = d.process().stderr_text();
+    REQUIRE(std::regex_search(err, m, std::regex(R"(admin endpoint: listening on (\S+))")));
+    const std::string admin = m[1].str();
+    socket_fd c(d.connect());
+    CHECK(echo_check(c.get(), pattern(300 * 1024, 11)) == "");
+    for (std::uint64_t i = 0; i < 4; ++i) {
+        CHECK(echo_check(c.get(), pattern(64, 20 + i)) == "");
+    }
+    const std::uint64_t spliced = stats_sum(admin, "bytes_spliced");
+    CHECK(spliced > 0);
+    // Back on the copy path: round trips still work, and splice no more.
+    for (std::uint64_t i = 0; i < 8; ++i) {
+        CHECK(echo_check(c.get(), pattern(64, 30 + i)) == "");
+    }
+    CHECK(stats_sum(admin, "bytes_spliced") == spliced);
 }
 
 TEST_CASE("echo: half-close gets everything back, then EOF", "[echo]") {
