@@ -3,6 +3,7 @@
 // daemon reads comes from here; docs/configuration.md documents every field,
 // and the defaults below are the documented defaults.
 
+#include "config/cidr.hh"
 #include "config/units.hh"
 #include "reactor/cpu_set.hh"
 #include "reactor/socket_address.hh"
@@ -25,6 +26,8 @@ enum class log_format { text, json };
 enum class listener_mode { echo, proxy };
 enum class echo_protocol { raw, sockperf };
 enum class balance_policy { round_robin, least_conn, random_two, source_hash };
+// The PROXY protocol header (HAProxy's spec) sent to an upstream server.
+enum class proxy_protocol_version { none, v1, v2 };
 
 struct runtime_config {
     // Empty means "all": every CPU in sched_getaffinity(0) at start-up.
@@ -111,6 +114,23 @@ struct listener_config {
     // a long response after the client's FIN, and bounds how long a peer
     // that never sends its own FIN holds a connection.
     duration half_close_timeout = 60s;
+    // Expect a PROXY protocol header (v1 or v2) first on every connection,
+    // from a source in proxy_trusted only; its address is the client's from
+    // then on (ACLs, source_hash, the access log, onward headers).
+    bool accept_proxy = false;
+    std::vector<cidr> proxy_trusted;
+    // How long the header may take to arrive whole. A real proxy sends it
+    // with its first packet; 5 s covers a slow link and bounds how long a
+    // peer that sends nothing (or trickles) holds a connection slot.
+    duration proxy_timeout = 5s;
+    // Source ACLs: deny wins; with allow set, every other source is denied.
+    std::vector<cidr> allow;
+    std::vector<cidr> deny;
+    // Per source address, over all shards together; 0: no limit.
+    std::uint32_t max_connections_per_source = 0;
+    // New connections per second per source address, as a token bucket
+    // that holds one second's worth; 0: no limit.
+    std::uint32_t connection_rate_per_source = 0;
 
     bool operator==(const listener_config&) const = default;
 };
@@ -122,8 +142,30 @@ struct upstream_server {
     // Open connections to this server over all shards together; 0 is no
     // limit. A client over it waits in the upstream's queue.
     std::uint64_t max_connections = 0;
+    // Gets traffic only while no primary (non-backup) server is up.
+    bool backup = false;
+    // No new connections; open ones finish (so does weight = 0).
+    bool drain = false;
+    // Overrides the upstream's proxy_protocol for this server.
+    std::optional<proxy_protocol_version> proxy_protocol;
 
     bool operator==(const upstream_server&) const = default;
+};
+
+// Active health checks: a TCP connect every interval, or with send/expect
+// a request and the start of its reply. Absent (enabled false): passive
+// health alone. Defaults as HAProxy's (inter 2s, rise 2, fall 3).
+struct health_check_config {
+    bool enabled = false;
+    duration interval = 2s;
+    // Per check, connect to reply; at most interval.
+    duration timeout = 1s;
+    std::uint32_t rise = 2;  // passing checks in a row that bring a server up
+    std::uint32_t fall = 3;  // failing checks in a row that take it down
+    std::string send;        // bytes, escapes decoded
+    std::string expect;      // the reply must start with these bytes
+
+    bool operator==(const health_check_config&) const = default;
 };
 
 struct upstream_config {
@@ -148,6 +190,8 @@ struct upstream_config {
     // is closed at once, counted.
     std::uint32_t max_queue = 1024;
     duration queue_timeout = 5s;
+    proxy_protocol_version proxy_protocol = proxy_protocol_version::none;
+    health_check_config health_check;
 
     bool operator==(const upstream_config&) const = default;
 };
@@ -168,6 +212,7 @@ std::string_view to_string(log_format);
 std::string_view to_string(listener_mode);
 std::string_view to_string(echo_protocol);
 std::string_view to_string(balance_policy);
+std::string_view to_string(proxy_protocol_version);
 
 // The CPUs the shards run on: runtime.cpus resolved against the allowed set.
 cpu_set effective_cpus(const config& cfg, const cpu_set& allowed);

@@ -43,6 +43,12 @@ inline constexpr std::array balance_names{
     enum_name<balance_policy>{"source_hash", balance_policy::source_hash},
 };
 
+inline constexpr std::array proxy_protocol_names{
+    enum_name<proxy_protocol_version>{"none", proxy_protocol_version::none},
+    enum_name<proxy_protocol_version>{"v1", proxy_protocol_version::v1},
+    enum_name<proxy_protocol_version>{"v2", proxy_protocol_version::v2},
+};
+
 template <typename E, std::size_t N>
 std::string_view name_of(const std::array<enum_name<E>, N>& names, E value) {
     for (const auto& n : names) {

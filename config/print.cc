@@ -29,19 +29,53 @@ std::string address_list(const std::vector<socket_address>& addrs) {
     return out + "]";
 }
 
+// health_check.send / expect as a TOML literal string with shardd's own
+// escapes (read_controls.cc), so that any bytes print and load back.
+std::string escaped_literal(std::string_view bytes) {
+    static constexpr char hex[] = "0123456789abcdef";
+    std::string out = "'";
+    for (unsigned char c : bytes) {
+        if (c == '\\') {
+            out += "\\\\";
+        } else if (c >= 0x20 && c < 0x7f && c != '\'') {
+            out += static_cast<char>(c);
+        } else {
+            out += "\\x";
+            out += hex[c >> 4];
+            out += hex[c & 15];
+        }
+    }
+    return out + "'";
+}
+
+std::string cidr_list(const std::vector<cidr>& list) {
+    std::string out = "[";
+    for (std::size_t i = 0; i < list.size(); ++i) {
+        out += (i ? ", " : "") + quoted(list[i].to_string());
+    }
+    return out + "]";
+}
+
 // Plain address strings for servers with default options, so that a
 // config without options prints as it was written.
 std::string server_list(const std::vector<upstream_server>& servers) {
-    const upstream_server plain;
     std::string out = "[";
     for (std::size_t i = 0; i < servers.size(); ++i) {
         const auto& s = servers[i];
         out += i ? ", " : "";
-        if (s.weight == plain.weight && s.max_connections == plain.max_connections) {
+        upstream_server plain;
+        plain.address = s.address;
+        if (s == plain) {
             out += quoted(s.address.to_string());
         } else {
             out += "{ address = " + quoted(s.address.to_string()) + ", weight = " + std::to_string(s.weight) +
-                   ", max_connections = " + std::to_string(s.max_connections) + " }";
+                   ", max_connections = " + std::to_string(s.max_connections);
+            out += s.backup ? ", backup = true" : "";
+            out += s.drain ? ", drain = true" : "";
+            if (s.proxy_protocol) {
+                out += ", proxy_protocol = " + quoted(to_string(*s.proxy_protocol));
+            }
+            out += " }";
         }
     }
     return out + "]";
@@ -94,6 +128,19 @@ std::string to_toml(const config& cfg) {
         if (l.mode == listener_mode::proxy) {
             os << "half_close_timeout = " << quoted(format_duration(l.half_close_timeout)) << "\n";
         }
+        if (l.accept_proxy) {
+            os << "accept_proxy = true\n"
+               << "proxy_trusted = " << cidr_list(l.proxy_trusted) << "\n"
+               << "proxy_timeout = " << quoted(format_duration(l.proxy_timeout)) << "\n";
+        }
+        if (!l.allow.empty()) {
+            os << "allow = " << cidr_list(l.allow) << "\n";
+        }
+        if (!l.deny.empty()) {
+            os << "deny = " << cidr_list(l.deny) << "\n";
+        }
+        os << "max_connections_per_source = " << l.max_connections_per_source << "\n"
+           << "connection_rate_per_source = " << l.connection_rate_per_source << "\n";
     }
     for (const auto& up : cfg.upstreams) {
         os << "\n[[upstream]]\n"
@@ -105,7 +152,20 @@ std::string to_toml(const config& cfg) {
            << "max_fails = " << up.max_fails << "\n"
            << "fail_timeout = " << quoted(format_duration(up.fail_timeout)) << "\n"
            << "max_queue = " << up.max_queue << "\n"
-           << "queue_timeout = " << quoted(format_duration(up.queue_timeout)) << "\n";
+           << "queue_timeout = " << quoted(format_duration(up.queue_timeout)) << "\n"
+           << "proxy_protocol = " << quoted(to_string(up.proxy_protocol)) << "\n";
+        if (const auto& hc = up.health_check; hc.enabled) {
+            os << "health_check = { interval = " << quoted(format_duration(hc.interval))
+               << ", timeout = " << quoted(format_duration(hc.timeout)) << ", rise = " << hc.rise
+               << ", fall = " << hc.fall;
+            if (!hc.send.empty()) {
+                os << ", send = " << escaped_literal(hc.send);
+            }
+            if (!hc.expect.empty()) {
+                os << ", expect = " << escaped_literal(hc.expect);
+            }
+            os << " }\n";
+        }
     }
     return os.str();
 }

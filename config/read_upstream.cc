@@ -10,7 +10,9 @@ namespace shardd::config::internal {
 std::optional<upstream_server> reader::read_server(const toml::node& n, const std::string& path) {
     if (n.is_string()) {
         if (auto a = address_of(n, path, true)) {
-            return upstream_server{*a};
+            upstream_server s;
+            s.address = *a;
+            return s;
         }
         return std::nullopt;
     }
@@ -32,9 +34,17 @@ std::optional<upstream_server> reader::read_server(const toml::node& n, const st
     if (!a) {
         return std::nullopt;
     }
-    upstream_server s{*a};
-    read_integer(*t, path, "weight", s.weight, 1, max_weight);
+    upstream_server s;
+    s.address = *a;
+    read_integer(*t, path, "weight", s.weight, 0, max_weight);
     read_integer(*t, path, "max_connections", s.max_connections, 0, 10'000'000);
+    read_bool(*t, path, "backup", s.backup);
+    read_bool(*t, path, "drain", s.drain);
+    with(*t, path, "proxy_protocol", [&](const toml::node&, const std::string&) {
+        proxy_protocol_version v = proxy_protocol_version::none;
+        read_enum(*t, path, "proxy_protocol", v, proxy_protocol_names);
+        s.proxy_protocol = v;
+    });
     return s;
 }
 
@@ -99,6 +109,8 @@ void reader::read_upstream(const toml::table& t, const std::string& prefix, conf
     read_duration(t, prefix, "fail_timeout", up.fail_timeout, 1s, 1h);
     read_integer(t, prefix, "max_queue", up.max_queue, 0, max_queue_limit);
     read_duration(t, prefix, "queue_timeout", up.queue_timeout, 1ms, 1h);
+    read_enum(t, prefix, "proxy_protocol", up.proxy_protocol, proxy_protocol_names);
+    read_health_check(t, prefix, up);
     cfg.upstreams.push_back(std::move(up));
 }
 

@@ -155,6 +155,7 @@ void reader::read_listener(const toml::table& t, const std::string& prefix, conf
         warning(pos_of(h->source()), prefix + ".half_close_timeout",
                 "has no effect: only proxy listeners relay a half-closed connection");
     }
+    read_listener_controls(t, prefix, l);
     cfg.listeners.push_back(std::move(l));
 }
 

@@ -30,13 +30,32 @@ inline constexpr std::array runtime_keys{
 inline constexpr std::array log_keys{"level"sv, "format"sv};
 inline constexpr std::array admin_keys{"listen"sv};
 inline constexpr std::array access_log_keys{"path"sv, "format"sv};
-inline constexpr std::array listener_keys{
-    "name"sv,    "listen"sv,  "mode"sv,   "protocol"sv,    "upstream"sv,    "max_connections"sv,   "idle_timeout"sv,
-    "backlog"sv, "nodelay"sv, "splice"sv, "max_pending"sv, "max_message"sv, "half_close_timeout"sv};
-inline constexpr std::array upstream_keys{"name"sv,         "balance"sv,   "servers"sv,      "connect_timeout"sv,
-                                          "retries"sv,      "max_fails"sv, "fail_timeout"sv, "max_queue"sv,
-                                          "queue_timeout"sv};
-inline constexpr std::array server_keys{"address"sv, "weight"sv, "max_connections"sv};
+inline constexpr std::array listener_keys{"name"sv,
+                                          "listen"sv,
+                                          "mode"sv,
+                                          "protocol"sv,
+                                          "upstream"sv,
+                                          "max_connections"sv,
+                                          "idle_timeout"sv,
+                                          "backlog"sv,
+                                          "nodelay"sv,
+                                          "splice"sv,
+                                          "max_pending"sv,
+                                          "max_message"sv,
+                                          "half_close_timeout"sv,
+                                          "accept_proxy"sv,
+                                          "proxy_trusted"sv,
+                                          "proxy_timeout"sv,
+                                          "allow"sv,
+                                          "deny"sv,
+                                          "max_connections_per_source"sv,
+                                          "connection_rate_per_source"sv};
+inline constexpr std::array upstream_keys{"name"sv,          "balance"sv,        "servers"sv,      "connect_timeout"sv,
+                                          "retries"sv,       "max_fails"sv,      "fail_timeout"sv, "max_queue"sv,
+                                          "queue_timeout"sv, "proxy_protocol"sv, "health_check"sv};
+inline constexpr std::array server_keys{"address"sv, "weight"sv, "max_connections"sv,
+                                        "backup"sv,  "drain"sv,  "proxy_protocol"sv};
+inline constexpr std::array health_check_keys{"interval"sv, "timeout"sv, "rise"sv, "fall"sv, "send"sv, "expect"sv};
 
 // Bounds of the numeric keys. Each says why in docs/configuration.md.
 inline constexpr std::uint64_t min_io_memory = 64 * KiB;  // below this no useful arena
@@ -78,6 +97,18 @@ inline constexpr std::int64_t max_weight = 256;
 // retries: more tries than this are a long wait, not a recovery.
 inline constexpr std::int64_t max_retries = 16;
 inline constexpr std::int64_t max_queue_limit = 1'000'000;
+// Entries of an allow, deny or proxy_trusted list: each connection is
+// matched against them in turn, so a list stays short; 1024 covers any
+// hand-written list (a longer one belongs in a firewall).
+inline constexpr std::size_t max_cidrs = 1024;
+// Per-source limits: the connection count is a 16-bit field of the shared
+// source table (server/source_table.hh).
+inline constexpr std::int64_t max_per_source = 65535;
+inline constexpr std::int64_t max_rate_per_source = 1'000'000;
+// A health check's request and expected reply: one packet's worth, so a
+// check is one send and one receive.
+inline constexpr std::size_t max_check_bytes = 1024;
+inline constexpr std::int64_t max_rise_fall = 100;
 
 inline std::string describe(const toml::node& node) {
     switch (node.type()) {
@@ -399,6 +430,11 @@ private:
         return n->as_table();
     }
 
+    // An array of CIDR blocks (or one string); an empty array is allowed
+    // only where `allow_empty`.
+    void read_cidrs(const toml::table& t, const std::string& prefix, std::string_view key, std::vector<cidr>& out);
+    void read_health_check(const toml::table& t, const std::string& prefix, upstream_config& up);
+    void read_listener_controls(const toml::table& t, const std::string& prefix, listener_config& l);
     void warn_small_pool(const toml::table& root, const config& cfg);
     void read_runtime(const toml::table& t, const overrides& over, runtime_config& rt);
     void read_listener(const toml::table& t, const std::string& prefix, config& cfg);

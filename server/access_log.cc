@@ -94,9 +94,12 @@ std::string access_log::format_line(const access_record& r, config::log_format f
     return out;
 }
 
-access_start::access_start(const access_log* log, int fd) : at(std::chrono::steady_clock::now()) {
+access_start::access_start(const access_log* log, int fd, const socket_address* from_header)
+    : at(std::chrono::steady_clock::now()) {
     if (log) {
-        if (auto p = peer_address(fd)) {
+        if (from_header) {
+            client = std::make_unique<socket_address>(*from_header);
+        } else if (auto p = peer_address(fd)) {
             client = std::make_unique<socket_address>(*p);
         }
     }

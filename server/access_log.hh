@@ -49,6 +49,9 @@ inline constexpr std::string_view no_server = "no_server";
 inline constexpr std::string_view queue_full = "queue_full";
 inline constexpr std::string_view queue_timeout = "queue_timeout";
 inline constexpr std::string_view protocol_error = "protocol_error";
+inline constexpr std::string_view denied = "denied";              // allow / deny
+inline constexpr std::string_view source_limit = "source_limit";  // per-source limits
+inline constexpr std::string_view proxy_header = "proxy_header";  // untrusted, missing or bad header
 }  // namespace ended
 
 struct access_record {
@@ -68,7 +71,8 @@ struct access_record {
 // 150 of an inline socket_address: the address is on the heap, and only
 // while the log is on (issue 13: at most 1 KiB per idle connection).
 struct access_start {
-    access_start(const class access_log* log, int fd);
+    // `client`: the address a PROXY header gave, if any (else the peer's).
+    access_start(const class access_log* log, int fd, const socket_address* client = nullptr);
     // A record with the listener, the client and the duration until now.
     access_record record(std::string_view listener) const;
 

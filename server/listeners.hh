@@ -22,14 +22,20 @@
 
 namespace shardd::server {
 
+class source_table;
+
 // One listener's counters on one shard (single writer: that shard). Its
 // own cache line per shard.
 struct alignas(64) listener_counters {
     shard_counter accepted;
     shard_counter closed;
-    shard_counter refused;      // at max_connections
-    shard_counter idle_closed;  // by idle_timeout
-    shard_counter errors;       // a reset, a broken pipe, a protocol error
+    shard_counter refused;            // at max_connections
+    shard_counter idle_closed;        // by idle_timeout
+    shard_counter errors;             // a reset, a broken pipe, a protocol error
+    shard_counter denied;             // by allow / deny
+    shard_counter source_limited;     // over max_connections_per_source or connection_rate_per_source
+    shard_counter source_table_full;  // admitted uncounted: the source table was full
+    shard_counter proxy_rejected;     // untrusted peer, or a missing, bad or late PROXY header
 };
 
 // State one listener shares between its shards: the connection count that
@@ -38,10 +44,17 @@ struct alignas(64) listener_counters {
 // of anything a shard writes per message); and each shard's counters of
 // the listener. The daemon keeps it until exit, so that the admin endpoint
 // can read a listener a reload removed, and a connection's slot outlives it.
+//
+// The source table (per-source limits, source_table.hh) is made by the main
+// thread when a configuration first sets a limit on the listener, before
+// the shards are told of that configuration, and kept with the listener.
 struct alignas(64) listener_shared {
     explicit listener_shared(std::size_t shards) : per_shard(std::make_unique<listener_counters[]>(shards)) {}
     std::atomic<std::uint64_t> connections{0};
     std::unique_ptr<listener_counters[]> per_shard;
+    // shared_ptr: its deleter is bound where it is made, so that code that
+    // only counts connections need not link the table.
+    std::shared_ptr<source_table> sources;
 };
 
 struct bound_listener {

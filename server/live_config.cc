@@ -1,4 +1,5 @@
 #include "server/live_config.hh"
+#include "server/source_table.hh"
 
 #include <algorithm>
 
@@ -33,6 +34,11 @@ expected<std::vector<shard_reload>, std::string> live_config::prepare(std::share
         } else {
             const listener_record& running = _listeners.at(l.name);
             rec.shared = running.shared;
+        }
+        // Made once, before any shard sees a configuration with a limit
+        // (the plan's hand-over orders it), and kept with the listener.
+        if ((l.max_connections_per_source != 0 || l.connection_rate_per_source != 0) && !rec.shared->sources) {
+            rec.shared->sources = std::make_shared<source_table>(default_source_slots);
         }
         for (std::size_t s = 0; s < _shards; ++s) {
             listener_update u;

@@ -1,4 +1,6 @@
 #include "server/shard_service.hh"
+#include "server/admission.hh"
+#include "server/proxy/health_check.hh"
 #include "server/proxy/proxy_pair.hh"
 #include "server/proxy/upstream.hh"
 #include "server/shard_state.hh"
@@ -94,12 +96,18 @@ void log_echo(shard_state& sh, const listener_state& l, const access_start& star
     sh.access->record(r);
 }
 
-task<void> serve(shard_state& sh, listener_state& l, owned_fd fd, connection_slot slot) {
+task<void> serve(shard_state& sh, listener_state& l, owned_fd fd, connection_slot slot, std::unique_ptr<admitted> adm) {
     connection_guard guard(sh, l, std::move(fd), std::move(slot));
+    if (l.cfg->accept_proxy) {
+        const bool admitted = co_await admit_proxied(sh, l, guard, adm);
+        if (!admitted) {
+            co_return;
+        }
+    }
     if (l.cfg->nodelay) {
         set_nodelay(guard.fd(), true);  // best effort: the echo still works without
     }
-    const access_start started(sh.access.get(), guard.fd());
+    const access_start started(sh.access.get(), guard.fd(), adm ? adm->client.get() : nullptr);
     transit conn(guard.fd(), guard.fd(), *sh.transit, l.echo);
     guard.link(conn);
     const transit_end end = co_await conn.run();
@@ -148,6 +156,12 @@ task<void> accept_loop(shard_state& sh, listener_state& l, int lfd) {
             backoffs_this_episode = 0;
         }
         backoff = nanoseconds{0};
+        // ACLs and per-source limits, before the connection takes a slot.
+        std::unique_ptr<admitted> adm;
+        if (admits_at_accept(*l.cfg) && !admit_at_accept(sh, l, fd->get(), adm)) {
+            fd->reset();
+            continue;
+        }
         // max_connections: accept and close at once (the client sees EOF
         // straight away rather than hanging in the backlog), counted.
         auto slot = connection_slot::try_take(*l.shared, l.cfg->max_connections);
@@ -176,9 +190,9 @@ task<void> accept_loop(shard_state& sh, listener_state& l, int lfd) {
         // Detached: the connection ends by itself, and its guard tells the
         // drain. An exception in it is logged by the executor.
         if (l.upstream) {
-            executor::current()->spawn_detached(proxy::serve(sh, l, std::move(*fd), std::move(slot)));
+            executor::current()->spawn_detached(proxy::serve(sh, l, std::move(*fd), std::move(slot), std::move(adm)));
         } else {
-            executor::current()->spawn_detached(serve(sh, l, std::move(*fd), std::move(slot)));
+            executor::current()->spawn_detached(serve(sh, l, std::move(*fd), std::move(slot), std::move(adm)));
         }
         if (++burst >= accept_burst) {
             burst = 0;
@@ -282,6 +296,12 @@ task<void> drain(shard_state& sh) {
     for (auto& l : sh.listeners) {
         l->stop_sweep.request_abort();
     }
+    for (auto& c : sh.checks) {
+        c.stop->request_abort();
+        sh.housekeeping.push_back(std::move(c.task));
+        sh.retired_check_stops.push_back(std::move(c.stop));
+    }
+    sh.checks.clear();
     sh.stop_housekeeping.request_abort();
     // Sweeps and retirements; a retirement may erase its listener, so
     // take the handles first.
@@ -347,6 +367,34 @@ void configure(shard_state& sh, listener_state& l, const std::shared_ptr<const c
     }
 }
 
+// Stops the checks of generations that are gone, starts those of new ones.
+void apply_checks(shard_state& sh) {
+    std::vector<running_checks> kept;
+    for (auto& c : sh.checks) {
+        const bool current = std::any_of(sh.upstreams.begin(), sh.upstreams.end(),
+                                         [&](const auto& u) { return &u->shared() == c.generation; });
+        if (current) {
+            kept.push_back(std::move(c));
+        } else {
+            c.stop->request_abort();
+            sh.housekeeping.push_back(std::move(c.task));
+            sh.retired_check_stops.push_back(std::move(c.stop));
+        }
+    }
+    for (const auto& u : sh.upstreams) {
+        const bool running = std::any_of(kept.begin(), kept.end(),
+                                         [&](const running_checks& c) { return c.generation == &u->shared(); });
+        if (!running && u->cfg().health_check.enabled) {
+            running_checks c;
+            c.generation = &u->shared();
+            c.stop = std::make_unique<abort_source>();
+            c.task = executor::current()->spawn(proxy::run_health_checks(u, sh.id, *c.stop));
+            kept.push_back(std::move(c));
+        }
+    }
+    sh.checks = std::move(kept);
+}
+
 // Makes the shard serve what `r` says: upstreams first (listeners name
 // them), then every listener, new, changed or retiring.
 void apply(shard_state& sh, shard_reload& r) {
@@ -365,6 +413,7 @@ void apply(shard_state& sh, shard_reload& r) {
         upstreams.push_back(std::move(local));
     }
     sh.upstreams = std::move(upstreams);
+    apply_checks(sh);
 
     std::vector<listener_state*> current;
     for (auto& u : r.listeners) {

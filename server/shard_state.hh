@@ -57,6 +57,7 @@ struct listener_state {
     // Set when the last connection leaves a retiring listener.
     event empty;
     bool at_limit = false;
+    bool source_table_full_logged = false;
     bool retiring = false;
     bool sweeping = false;  // its idle sweep runs
     // Its accept loops stop on this (retirement, or the drain); its idle
@@ -88,6 +89,14 @@ struct listener_state {
     }
 };
 
+// The active health checks this shard runs for one upstream generation
+// (proxy/health_check.hh); stopped when a reload replaces the generation.
+struct running_checks {
+    const proxy::upstream_shared* generation = nullptr;
+    std::unique_ptr<abort_source> stop;
+    join_handle<void> task;
+};
+
 struct shard_state {
     unsigned id = 0;
     const config::runtime_config* runtime = nullptr;  // restart-only: never reloaded
@@ -96,6 +105,10 @@ struct shard_state {
     std::vector<std::unique_ptr<listener_state>> listeners;
     // This shard's side of each upstream, current generation.
     std::vector<std::shared_ptr<proxy::upstream_local>> upstreams;
+    std::vector<running_checks> checks;
+    // The stops of checks that were stopped: their tasks, in housekeeping,
+    // refer to them until they end.
+    std::vector<std::unique_ptr<abort_source>> retired_check_stops;
     std::unique_ptr<peer_log> log;
     // The buffers, counters, log and round scratch every transit shares.
     std::unique_ptr<transit_env> transit;

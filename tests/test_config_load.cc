@@ -67,11 +67,22 @@ listen = ["127.0.0.1:8080"]
 mode = "proxy"
 upstream = "web"
 half_close_timeout = "5s"
+accept_proxy = true
+proxy_trusted = ["10.0.0.0/8", "::1"]
+proxy_timeout = "2s"
+allow = ["127.0.0.0/8", "::/0"]
+deny = ["127.0.0.3"]
+max_connections_per_source = 8
+connection_rate_per_source = 50
 
 [[upstream]]
 name = "web"
 balance = "least_conn"
-servers = ["127.0.0.1:18080", { address = "[::1]:18081", weight = 3, max_connections = 50 }]
+servers = ["127.0.0.1:18080", { address = "[::1]:18081", weight = 3, max_connections = 50 },
+           { address = "127.0.0.1:18082", backup = true, proxy_protocol = "none" },
+           { address = "127.0.0.1:18083", weight = 0, drain = true }]
+proxy_protocol = "v2"
+health_check = { interval = "500ms", timeout = "100ms", rise = 1, fall = 2, send = 'PING\r\n\x00\\', expect = "+PONG" }
 connect_timeout = "250ms"
 retries = 4
 max_fails = 3
@@ -155,7 +166,7 @@ TEST_CASE("every key is read", "[config]") {
     const auto* up = c.find_upstream("web");
     REQUIRE(up != nullptr);
     CHECK(up->balance == balance_policy::least_conn);
-    REQUIRE(up->servers.size() == 2);
+    REQUIRE(up->servers.size() == 4);
     CHECK(up->servers[0].address.to_string() == "127.0.0.1:18080");
     CHECK(up->servers[0].weight == 1);
     CHECK(up->servers[0].max_connections == 0);
@@ -223,6 +234,53 @@ TEST_CASE("--cpus replaces a file value outside the allowed set", "[config]") {
     over.cpus = "0";
     config_t c = load_ok("[runtime]\ncpus = \"5\"\n" + minimal, over);
     CHECK(c.runtime.cpus.cpus() == std::vector<unsigned>{0});
+}
+
+TEST_CASE("the proxy controls' keys", "[config]") {
+    config_t c = load_ok(every_key);
+    const auto& p = c.listeners[1];
+    CHECK(p.accept_proxy);
+    REQUIRE(p.proxy_trusted.size() == 2);
+    CHECK(p.proxy_trusted[1].to_string() == "::1/128");
+    CHECK(p.proxy_timeout == 2s);
+    CHECK(p.max_connections_per_source == 8);
+    CHECK(p.connection_rate_per_source == 50);
+    const auto& up = c.upstreams[0];
+    CHECK(up.proxy_protocol == proxy_protocol_version::v2);
+    CHECK(up.health_check.enabled);
+    CHECK(up.health_check.interval == 500ms);
+    CHECK(up.health_check.fall == 2);
+    CHECK(up.health_check.send == std::string("PING\r\n\0\\", 8));
+    CHECK(up.health_check.expect == "+PONG");
+    REQUIRE(up.servers.size() == 4);
+    CHECK(up.servers[2].backup);
+    CHECK(up.servers[2].proxy_protocol == proxy_protocol_version::none);
+    CHECK(up.servers[3].drain);
+    CHECK(up.servers[3].weight == 0);
+    CHECK_FALSE(up.servers[0].proxy_protocol.has_value());
+    // The defaults: no checks, no headers, no limits.
+    config_t m = load_ok(minimal);
+    CHECK_FALSE(m.listeners[0].accept_proxy);
+    CHECK(m.listeners[0].allow.empty());
+    CHECK(m.listeners[0].max_connections_per_source == 0);
+}
+
+TEST_CASE("CIDR blocks match their own addresses only", "[config]") {
+    auto addr = [](const char* s) { return *socket_address::parse(s); };
+    const cidr v4 = *cidr::parse("10.0.0.0/8");
+    CHECK(v4.contains(addr("10.255.1.2:80")));
+    CHECK_FALSE(v4.contains(addr("11.0.0.1:80")));
+    CHECK(v4.contains(addr("[::ffff:10.1.2.3]:80")));  // IPv4-mapped
+    CHECK_FALSE(v4.contains(addr("[::1]:80")));
+    const cidr v6 = *cidr::parse("2001:db8::/33");
+    CHECK(v6.contains(addr("[2001:db8:7fff::1]:1")));
+    CHECK_FALSE(v6.contains(addr("[2001:db8:8000::1]:1")));
+    CHECK_FALSE(v6.contains(addr("32.1.13.184:1")));
+    CHECK(cidr::parse("0.0.0.0/0")->contains(addr("1.2.3.4:5")));
+    CHECK(cidr::parse("::/0")->contains(addr("[::1]:5")));
+    CHECK(cidr::parse("127.0.0.2")->contains(addr("127.0.0.2:9")));
+    CHECK_FALSE(cidr::parse("127.0.0.2")->contains(addr("127.0.0.3:9")));
+    CHECK_FALSE(cidr::parse("10.0.0.0/08").has_value());
 }
 
 TEST_CASE("the printed config loads back to the same config", "[config]") {

@@ -229,6 +229,16 @@ constexpr std::array server_fields{
     counter_field<proxy::server_counters>{"upstream_received_bytes_total", "bytes_from",
                                           "Bytes relayed from the server to clients.",
                                           &proxy::server_counters::bytes_from},
+    counter_field<proxy::server_counters>{"upstream_checks_total", "checks", "Active health checks of the server run.",
+                                          &proxy::server_counters::checks},
+    counter_field<proxy::server_counters>{"upstream_check_failures_total", "check_failures",
+                                          "Active health checks of the server that failed.",
+                                          &proxy::server_counters::check_failures},
+    counter_field<proxy::server_counters>{"upstream_marked_down_total", "marked_down",
+                                          "Times the server went from up to down (checks or passive health).",
+                                          &proxy::server_counters::marked_down},
+    counter_field<proxy::server_counters>{"upstream_marked_up_total", "marked_up", "Times the server came back up.",
+                                          &proxy::server_counters::marked_up},
 };
 constexpr std::array upstream_fields{
     counter_field<proxy::upstream_counters>{"upstream_retries_total", "retries",
@@ -271,6 +281,20 @@ constexpr std::array listener_fields{
         "listener_connection_errors_total", "errors",
         "Connections of the listener that ended in a reset, a broken pipe or a protocol error.",
         &listener_counters::errors},
+    counter_field<listener_counters>{"listener_connections_denied_total", "denied",
+                                     "Connections closed unserved: their source is denied (allow, deny).",
+                                     &listener_counters::denied},
+    counter_field<listener_counters>{
+        "listener_connections_source_limited_total", "source_limited",
+        "Connections closed unserved: over max_connections_per_source or connection_rate_per_source.",
+        &listener_counters::source_limited},
+    counter_field<listener_counters>{"listener_source_table_full_total", "source_table_full",
+                                     "Connections admitted uncounted because the per-source table was full.",
+                                     &listener_counters::source_table_full},
+    counter_field<listener_counters>{
+        "listener_proxy_header_rejected_total", "proxy_rejected",
+        "Connections closed unserved: an untrusted peer, or a missing, malformed or late PROXY header.",
+        &listener_counters::proxy_rejected},
 };
 
 void listener_metrics(exposition& e,
@@ -298,10 +322,11 @@ void upstream_metrics(exposition& e, const std::vector<std::shared_ptr<proxy::up
                       const std::vector<std::string>& shard_names) {
     const std::int64_t now = steady_now_ns();
     e.family("shardd_upstream_server_up", "gauge",
-             "1 while the server is not marked down by passive health checks (max_fails in fail_timeout).");
+             "1 while the server is not marked down by its health checks or by passive health (max_fails in "
+             "fail_timeout).");
     for (const auto& u : ups) {
         for (std::size_t i = 0; i < u->cfg->servers.size(); ++i) {
-            const bool down = u->servers[i]->down_until.load(std::memory_order_relaxed) > now;
+            const bool down = proxy::is_down(*u->servers[i], now);
             e.sample("shardd_upstream_server_up",
                      {{"upstream", u->cfg->name}, {"server", u->cfg->servers[i].address.to_string()}},
                      std::uint64_t{down ? 0u : 1u});
@@ -394,7 +419,7 @@ std::string upstreams_json(const std::vector<std::shared_ptr<proxy::upstream_sha
         out += ",\"servers\":[";
         for (std::size_t i = 0; i < n; ++i) {
             out += (i ? ",{" : "{") + std::string("\"address\":\"") + u->cfg->servers[i].address.to_string() +
-                   "\",\"up\":" + (u->servers[i]->down_until.load(std::memory_order_relaxed) > now ? "false" : "true") +
+                   "\",\"up\":" + (proxy::is_down(*u->servers[i], now) ? "false" : "true") +
                    ",\"active\":" + std::to_string(u->servers[i]->active.load(std::memory_order_relaxed));
             for (const counter_field<proxy::server_counters>& f : server_fields) {
                 std::uint64_t total = 0;
@@ -403,7 +428,9 @@ std::string upstreams_json(const std::vector<std::shared_ptr<proxy::upstream_sha
                 }
                 out += ",\"" + std::string(f.json) + "\":" + std::to_string(total);
             }
-            out += "}";
+            out += std::string(",\"backup\":") + (u->cfg->servers[i].backup ? "true" : "false") +
+                   ",\"draining\":" + (u->cfg->servers[i].drain || u->cfg->servers[i].weight == 0 ? "true" : "false") +
+                   "}";
         }
         out += "]}";
     }

@@ -1,4 +1,5 @@
 #include "server/proxy/proxy_pair.hh"
+#include "server/proxy/proxy_protocol.hh"
 
 #include "reactor/io.hh"
 #include "reactor/net.hh"
@@ -20,8 +21,31 @@ void set_linger_zero(int fd) {
 
 }  // namespace
 
-proxy_pair::proxy_pair(shard_state& sh, listener_state& l, int client_fd)
-    : _sh(sh), _l(l), _up_owner(l.upstream), _up(*_up_owner), _client_fd(client_fd) {}
+proxy_pair::proxy_pair(shard_state& sh, listener_state& l, int client_fd, const admitted* adm)
+    : _sh(sh), _l(l), _up_owner(l.upstream), _up(*_up_owner), _client_fd(client_fd), _adm(adm) {}
+
+task<bool> proxy_pair::send_proxy_header(std::size_t i, const socket_address& client) {
+    const auto& server = _up.cfg().servers[i];
+    const config::proxy_protocol_version v = server.proxy_protocol.value_or(_up.cfg().proxy_protocol);
+    if (v == config::proxy_protocol_version::none) {
+        co_return true;
+    }
+    // The address the client connected to: the header's, or our socket's.
+    std::optional<socket_address> dst;
+    if (_adm && _adm->destination) {
+        dst = *_adm->destination;
+    } else if (auto local = local_address(_client_fd)) {
+        dst = *local;
+    }
+    const bool known = client.family() != AF_UNSPEC && dst;
+    const std::string header = v == config::proxy_protocol_version::v1
+                                   ? proxy_protocol::build_v1(known ? &client : nullptr, dst ? &*dst : nullptr)
+                                   : proxy_protocol::build_v2(known ? &client : nullptr, dst ? &*dst : nullptr);
+    // A fresh connection's send buffer takes a header of a few hundred
+    // bytes at once: this never waits for the server.
+    auto sent = co_await send_all(_server_fd.get(), std::as_bytes(std::span(header)));
+    co_return sent.has_value();
+}
 
 void proxy_pair::abort() noexcept {
     _abort.request_abort();
@@ -85,8 +109,12 @@ task<bool> proxy_pair::wait_in_queue(std::int64_t& deadline_ns) {
 
 task<std::optional<std::size_t>> proxy_pair::connect_upstream() {
     const auto& cfg = _up.cfg();
-    const auto peer = peer_address(_client_fd);
-    const socket_address client = peer ? *peer : socket_address();
+    socket_address client;
+    if (_adm && _adm->client) {
+        client = *_adm->client;  // from the PROXY header
+    } else if (auto peer = peer_address(_client_fd)) {
+        client = *peer;
+    }
     std::vector<bool> tried(_up.size(), false);
     std::int64_t queue_deadline = 0;
     std::uint32_t attempt = 0;
@@ -136,6 +164,17 @@ task<std::optional<std::size_t>> proxy_pair::connect_upstream() {
             _up.connected(i);
             _server_address = addr;
             _server_fd = std::move(*fd);
+            const bool header_sent = co_await send_proxy_header(i, client);
+            if (!header_sent) {
+                // The server reset before taking a few hundred bytes: the
+                // client ends as after a reset, not retried (the server
+                // did take the connection).
+                _up.close(i);
+                _server_fd.reset();
+                _up.totals().resets.add();
+                _end = ended::server_rst;
+                co_return std::nullopt;
+            }
             co_return i;
         }
         _up.close(i);
@@ -264,13 +303,19 @@ void log_pair(shard_state& sh, const listener_state& l, const access_start& star
 
 }  // namespace
 
-task<void> serve(shard_state& sh, listener_state& l, owned_fd fd, connection_slot slot) {
+task<void> serve(shard_state& sh, listener_state& l, owned_fd fd, connection_slot slot, std::unique_ptr<admitted> adm) {
     connection_guard guard(sh, l, std::move(fd), std::move(slot));
+    if (l.cfg->accept_proxy) {
+        const bool admitted = co_await admit_proxied(sh, l, guard, adm);
+        if (!admitted) {
+            co_return;
+        }
+    }
     if (l.cfg->nodelay) {
         set_nodelay(guard.fd(), true);
     }
-    const access_start started(sh.access.get(), guard.fd());
-    proxy_pair pair(sh, l, guard.fd());
+    const access_start started(sh.access.get(), guard.fd(), adm ? adm->client.get() : nullptr);
+    proxy_pair pair(sh, l, guard.fd(), adm.get());
     guard.link(pair);
     co_await pair.run();
     guard.unlink();

@@ -22,6 +22,7 @@
 //   an RST too.
 // - abort() (the idle sweep, the drain): every wait ends, both close.
 
+#include "server/admission.hh"
 #include "server/proxy/upstream.hh"
 #include "server/served_connection.hh"
 #include "server/shard_state.hh"
@@ -37,7 +38,8 @@ namespace shardd::server::proxy {
 
 class proxy_pair final : public served_connection {
 public:
-    proxy_pair(shard_state& sh, listener_state& l, int client_fd);
+    // `adm`: what admission learnt (a PROXY header's addresses), or null.
+    proxy_pair(shard_state& sh, listener_state& l, int client_fd, const admitted* adm);
     proxy_pair(const proxy_pair&) = delete;
     proxy_pair& operator=(const proxy_pair&) = delete;
 
@@ -64,6 +66,9 @@ private:
     // when the queue is full, queue_timeout passed (from the first wait,
     // `deadline_ns`), or abort().
     task<bool> wait_in_queue(std::int64_t& deadline_ns);
+    // The PROXY header server `i` is configured for, if any; false when it
+    // could not be sent.
+    task<bool> send_proxy_header(std::size_t i, const socket_address& client);
     task<void> pump(transit& t, int out_fd, int which);
     task<void> half_close_timer();
 
@@ -74,6 +79,7 @@ private:
     std::shared_ptr<upstream_local> _up_owner;
     upstream_local& _up;
     int _client_fd;
+    const admitted* _adm;
     owned_fd _server_fd;
     std::optional<socket_address> _server_address;
     std::uint64_t _from_client = 0;
@@ -92,6 +98,6 @@ private:
 };
 
 // A proxy listener's connection task, as serve() is for echo.
-task<void> serve(shard_state& sh, listener_state& l, owned_fd fd, connection_slot slot);
+task<void> serve(shard_state& sh, listener_state& l, owned_fd fd, connection_slot slot, std::unique_ptr<admitted> adm);
 
 }  // namespace shardd::server::proxy

@@ -84,7 +84,21 @@ upstream_local::~upstream_local() {
 }
 
 bool upstream_local::down(std::size_t i, std::int64_t now_ns) const noexcept {
-    return _shared.servers[i]->down_until.load(std::memory_order_relaxed) > now_ns;
+    return is_down(*_shared.servers[i], now_ns);
+}
+
+bool upstream_local::usable(std::size_t i, std::int64_t now_ns) const noexcept {
+    const config::upstream_server& c = cfg().servers[i];
+    return c.weight > 0 && !c.drain && !down(i, now_ns);
+}
+
+bool upstream_local::backups_only(std::int64_t now_ns) const noexcept {
+    for (std::size_t i = 0; i < size(); ++i) {
+        if (!cfg().servers[i].backup && usable(i, now_ns)) {
+            return false;
+        }
+    }
+    return true;
 }
 
 bool upstream_local::try_take(std::size_t i) noexcept {
@@ -101,8 +115,9 @@ pick_result upstream_local::pick(const socket_address& client, const std::vector
     const std::int64_t now = steady_now_ns();
     _eligible.clear();
     bool any_up = false;
+    const bool backups = backups_only(now);
     for (std::size_t i = 0; i < size(); ++i) {
-        if ((i < tried.size() && tried[i]) || down(i, now)) {
+        if ((i < tried.size() && tried[i]) || cfg().servers[i].backup != backups || !usable(i, now)) {
             continue;
         }
         any_up = true;
@@ -161,9 +176,11 @@ void upstream_local::dequeue(queue_waiter& w) noexcept {
 
 bool upstream_local::has_capacity() const noexcept {
     const std::int64_t now = steady_now_ns();
+    const bool backups = backups_only(now);
     for (std::size_t i = 0; i < size(); ++i) {
         const std::uint64_t limit = cfg().servers[i].max_connections;
-        if (!down(i, now) && (limit == 0 || _shared.servers[i]->active.load() < limit)) {
+        if (cfg().servers[i].backup == backups && usable(i, now) &&
+            (limit == 0 || _shared.servers[i]->active.load() < limit)) {
             return true;
         }
     }
@@ -299,6 +316,7 @@ void upstream_local::connected(std::size_t i) {
     }
     // Only the shard that clears the mark logs the way back.
     if (s.down_until.load(std::memory_order_relaxed) != 0 && s.down_until.exchange(0) != 0) {
+        _counters[i].marked_up.add();
         spdlog::info("upstream {}: server {} is up again", cfg().name, address(i).to_string());
     }
 }
@@ -326,12 +344,61 @@ void upstream_local::failed(std::size_t i, const std::error_code& ec) {
     if (n < max_fails) {
         return;
     }
+    const std::string why =
+        std::to_string(n) + " failed connect" + (n == 1 ? "" : "s") + " (last: " + ec.message() + ")";
+    if (cfg().health_check.enabled) {
+        // Down until checks pass, not for fail_timeout.
+        mark_down(i, why + "; back after " + std::to_string(cfg().health_check.rise) + " passing check" +
+                         (cfg().health_check.rise == 1 ? "" : "s"));
+        return;
+    }
     const std::int64_t was = s.down_until.exchange(now + window);
     if (was <= now) {
         // Up (or its last mark expired) until now: this shard saw the
         // transition, and only this one logs it.
-        spdlog::warn("upstream {}: server {} is down for {} after {} failed connect{} (last: {})", cfg().name,
-                     address(i).to_string(), ns_to_string(window), n, n == 1 ? "" : "s", ec.message());
+        _counters[i].marked_down.add();
+        spdlog::warn("upstream {}: server {} is down for {} after {}", cfg().name, address(i).to_string(),
+                     ns_to_string(window), why);
+    }
+}
+
+// Only the shard whose exchange flips the flag logs and counts: one line
+// per transition, whichever shard (checker or passive) saw it first.
+void upstream_local::mark_down(std::size_t i, const std::string& why) {
+    server_shared& s = *_shared.servers[i];
+    s.check_streak.store(0, std::memory_order_relaxed);
+    if (!s.check_down.exchange(true)) {
+        _counters[i].marked_down.add();
+        spdlog::warn("upstream {}: server {} is down: {}", cfg().name, address(i).to_string(), why);
+    }
+}
+
+void upstream_local::check_result(std::size_t i, bool passed, std::string_view why) {
+    server_shared& s = *_shared.servers[i];
+    const auto& hc = cfg().health_check;
+    _counters[i].checks.add();
+    if (!passed) {
+        _counters[i].check_failures.add();
+    }
+    const bool is_down = s.check_down.load(std::memory_order_relaxed);
+    if (passed == !is_down) {
+        s.check_streak.store(0, std::memory_order_relaxed);  // as it was: a streak towards the other state ends
+        return;
+    }
+    const std::uint32_t streak = s.check_streak.load(std::memory_order_relaxed) + 1;
+    s.check_streak.store(streak, std::memory_order_relaxed);
+    if (!passed && streak >= hc.fall) {
+        mark_down(i, std::to_string(streak) + " failed check" + (streak == 1 ? "" : "s") +
+                         " (last: " + std::string(why) + ")");
+    } else if (passed && streak >= hc.rise) {
+        s.check_streak.store(0, std::memory_order_relaxed);
+        s.fails.store(0, std::memory_order_relaxed);
+        s.down_until.store(0, std::memory_order_relaxed);
+        if (s.check_down.exchange(false)) {
+            _counters[i].marked_up.add();
+            spdlog::info("upstream {}: server {} is up after {} passing check{}", cfg().name, address(i).to_string(),
+                         streak, streak == 1 ? "" : "s");
+        }
     }
 }
 

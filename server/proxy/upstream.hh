@@ -16,6 +16,12 @@
 //   all shards together do too, to within one round per shard. The shards
 //   start their rounds at different servers, so that N shards' first
 //   clients do not all land on server 0.
+// - Active health checks (health_check.hh) run on one shard per server
+//   and write their verdict into the same line (check_down), where every
+//   shard's next pick reads it: the shared line is the message.
+// - Backup servers are picked only while no primary is usable (up, weight
+//   above 0, not drained); a drained server gets no new connections and
+//   keeps its open ones.
 // - source_hash needs no state: a weighted rendezvous hash of the client's
 //   address (not its port) picks the same server on every shard, and when a
 //   server goes down only its own clients move.
@@ -46,7 +52,19 @@ struct alignas(64) server_shared {
     std::atomic<std::int64_t> window_start{0};
     // Down until this time (steady_clock ns); 0: up.
     std::atomic<std::int64_t> down_until{0};
+    // With active checks: down until `rise` checks in a row pass. Set by a
+    // failing check (`fall` in a row) or by passive health (HAProxy's
+    // observe: either marks a server down, only a check brings it back).
+    std::atomic<bool> check_down{false};
+    // Checks in a row that passed (while down) or failed (while up);
+    // written by the checking shard only.
+    std::atomic<std::uint32_t> check_streak{0};
 };
+
+// Whether a server is down now, by passive health or by its checks.
+inline bool is_down(const server_shared& s, std::int64_t now_ns) noexcept {
+    return s.check_down.load(std::memory_order_relaxed) || s.down_until.load(std::memory_order_relaxed) > now_ns;
+}
 
 // Per shard and server, single writer (see shard_counter).
 struct alignas(64) server_counters {
@@ -56,6 +74,10 @@ struct alignas(64) server_counters {
     shard_counter connect_errors;    // any other connect failure
     shard_counter bytes_to;          // client -> server
     shard_counter bytes_from;        // server -> client
+    shard_counter checks;            // active checks run
+    shard_counter check_failures;    // of which failed
+    shard_counter marked_down;       // up -> down, by a check or by passive health
+    shard_counter marked_up;         // down -> up
 };
 
 // Per shard and upstream, single writer.
@@ -156,6 +178,10 @@ public:
     void wake_one() noexcept;
 
     bool down(std::size_t i, std::int64_t now_ns) const noexcept;
+    // Up, and neither drained nor of weight 0: may get new connections.
+    bool usable(std::size_t i, std::int64_t now_ns) const noexcept;
+    // An active check of server `i` passed or failed (the checking shard).
+    void check_result(std::size_t i, bool passed, std::string_view why);
     server_counters& counters(std::size_t i) noexcept { return _counters[i]; }
     upstream_counters& totals() noexcept { return _totals; }
     // The counters, one line: logged at drain.
@@ -168,6 +194,9 @@ private:
     std::optional<std::size_t> pick_source_hash(const socket_address& client, const std::vector<std::size_t>& eligible);
 
     bool try_take(std::size_t i) noexcept;
+    // Whether pick() looks at backup servers now: no primary is usable.
+    bool backups_only(std::int64_t now_ns) const noexcept;
+    void mark_down(std::size_t i, const std::string& why);
 
     upstream_shared& _shared;
     unsigned _shard;

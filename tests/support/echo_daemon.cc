@@ -76,6 +76,14 @@ echo_daemon::echo_daemon(const std::string& config_toml, const std::string& shel
 
 int echo_daemon::connect(std::size_t index) const { return connect_to(_addresses.at(index)); }
 
+void echo_daemon::reload(const std::string& config_toml) {
+    std::ofstream(_config->path(), std::ios::binary | std::ios::trunc) << config_toml;
+    _process->signal(SIGHUP);
+    if (!_notify->wait_for("RELOADING=1") || !_notify->wait_for("READY=1")) {
+        throw std::runtime_error("shardd did not finish the reload; stderr:\n" + _process->stderr_text());
+    }
+}
+
 std::optional<run_result> echo_daemon::stop(std::chrono::milliseconds timeout) {
     _process->signal(SIGTERM);
     return _process->wait(timeout);

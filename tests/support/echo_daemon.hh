@@ -37,6 +37,10 @@ public:
     const std::vector<std::string>& addresses() const { return _addresses; }
     // A blocking TCP socket connected to addresses()[index]; throws on error.
     int connect(std::size_t index = 0) const;
+    // Replaces the config file with `config_toml`, sends SIGHUP and waits
+    // for the daemon's RELOADING=1 and READY=1 (a reload it refuses still
+    // ends in READY=1: check its log).
+    void reload(const std::string& config_toml);
     // SIGTERM, then wait for exit.
     std::optional<run_result> stop(std::chrono::milliseconds timeout = default_timeout);
 
