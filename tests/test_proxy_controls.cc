@@ -78,7 +78,9 @@ double connections_to(const std::string& admin, const std::string& server) {
     return std::stod(body.substr(c + 14));
 }
 
-const std::string fast_checks = "health_check = { interval = \"100ms\", timeout = \"100ms\", rise = 2, fall = 3, "
+// Quick enough for a test, slow enough that a loaded CI machine (ASan, two
+// cores) does not fail three checks of a healthy server in a row.
+const std::string fast_checks = "health_check = { interval = \"300ms\", timeout = \"300ms\", rise = 2, fall = 3, "
                                 "send = 'PING\\r\\n', expect = 'PING' }\n";
 
 }  // namespace
@@ -132,6 +134,28 @@ TEST_CASE("active checks: a server that stops answering is down after `fall` che
     CHECK(downs == 1);
 }
 
+TEST_CASE("health checks come and go with a reload; a server they marked down is up once they are gone",
+          "[proxy][health][reload]") {
+    echo_server a;
+    echo_server b;
+    const std::string servers = quoted_list({a.address, b.address});
+    echo_daemon proxy(proxy_config(servers, "", "", cpus_key()));
+    const std::string admin = admin_of(proxy);
+    a.stop_answering();
+    proxy.reload(proxy_config(servers, fast_checks, "", cpus_key()));
+    REQUIRE(proxy.process().wait_for_output("server " + a.address + " is down: 3 failed checks", generous));
+    CHECK(metric(admin, "shardd_upstream_server_up{upstream=\"u\",server=\"" + a.address + "\"}") == 0);
+    proxy.reload(proxy_config(servers, "", "", cpus_key()));
+    CHECK(metric(admin, "shardd_upstream_server_up{upstream=\"u\",server=\"" + a.address + "\"}") == 1);
+    a.answer_again();
+    // Round robin over both again: of two clients, one is a's.
+    for (int i = 0; i < 2; ++i) {
+        socket_fd c(proxy.connect());
+        REQUIRE(served(c.get()));
+    }
+    CHECK(connections_to(admin, a.address) == 1);
+}
+
 TEST_CASE("active checks: send/expect, a wrong reply is a failure", "[proxy][health]") {
     echo_server echo;
     // Two upstreams on the one echo server: one expects what the echo
@@ -142,11 +166,11 @@ TEST_CASE("active checks: send/expect, a wrong reply is a failure", "[proxy][hea
         "[[listener]]\nname = \"bad\"\nlisten = [\"127.0.0.1:0\"]\nmode = \"proxy\"\nupstream = \"bad\"\n"
         "[[upstream]]\nname = \"good\"\nservers = [\"" +
             echo.address +
-            "\"]\nhealth_check = { interval = \"100ms\", timeout = \"100ms\", fall = 2, send = '\\x00PING\\r\\n', "
+            "\"]\nhealth_check = { interval = \"1s\", timeout = \"1s\", fall = 2, send = '\\x00PING\\r\\n', "
             "expect = '\\x00PING' }\n"
             "[[upstream]]\nname = \"bad\"\nservers = [\"" +
             echo.address +
-            "\"]\nhealth_check = { interval = \"100ms\", timeout = \"100ms\", fall = 2, send = 'PING\\r\\n', expect = "
+            "\"]\nhealth_check = { interval = \"1s\", timeout = \"1s\", fall = 2, send = 'PING\\r\\n', expect = "
             "'PONG' }\n",
         cpus_key()));
     const std::string admin = admin_of(proxy);
@@ -154,9 +178,9 @@ TEST_CASE("active checks: send/expect, a wrong reply is a failure", "[proxy][hea
         "upstream bad: server " + echo.address +
             " is down: 2 failed checks (last: the reply does not start with the expected bytes)",
         generous));
-    // The good upstream's checks ran as often, and passed.
+    // The good upstream's checks ran alongside, and passed.
     const std::string good = "{shard=\"0\",upstream=\"good\",server=\"" + echo.address + "\"}";
-    CHECK(metric(admin, "shardd_upstream_checks_total" + good) >= 2);
+    CHECK(metric(admin, "shardd_upstream_checks_total" + good) >= 1);
     CHECK(metric(admin, "shardd_upstream_check_failures_total" + good) == 0);
     CHECK(metric(admin, "shardd_upstream_server_up{upstream=\"good\",server=\"" + echo.address + "\"}") == 1);
     CHECK(metric(admin, "shardd_upstream_server_up{upstream=\"bad\",server=\"" + echo.address + "\"}") == 0);
@@ -479,23 +503,24 @@ TEST_CASE("PROXY headers refused: untrusted peer, missing, truncated, too long, 
         const peer_end e = wait_for_close(s.get(), generous);
         CHECK((e == peer_end::eof || e == peer_end::reset));
     }
-    // A slow trickle: a byte every 50 ms of a valid header, closed at
-    // proxy_timeout (300 ms) with most of it unsent.
+    // A slow trickle: a byte every 50 ms of a valid header's first 20,
+    // closed at proxy_timeout (300 ms) with the header never whole.
     {
         INFO("slow trickle");
         socket_fd s(d.connect());
         const std::string header = "PROXY TCP4 192.0.2.1 198.51.100.1 5001 80\r\n";
-        const auto start = steady::now();
         peer_end e = peer_end::timeout;
-        for (std::size_t i = 0; i < header.size() && e == peer_end::timeout; ++i) {
+        for (std::size_t i = 0; i < 20 && e == peer_end::timeout; ++i) {
             if (send(s.get(), header.data() + i, 1, MSG_NOSIGNAL) != 1) {
                 e = peer_end::reset;
                 break;
             }
             e = wait_for_close(s.get(), std::chrono::milliseconds(50));
         }
+        if (e == peer_end::timeout) {
+            e = wait_for_close(s.get(), generous);  // a slow machine: the deadline still comes
+        }
         CHECK((e == peer_end::eof || e == peer_end::reset));
-        CHECK(seconds_since(start) < 20);
     }
     // An untrusted peer, with a perfect header: only 127.0.0.1 is trusted.
     {

@@ -27,9 +27,6 @@ proxy_pair::proxy_pair(shard_state& sh, listener_state& l, int client_fd, const 
 task<bool> proxy_pair::send_proxy_header(std::size_t i, const socket_address& client) {
     const auto& server = _up.cfg().servers[i];
     const config::proxy_protocol_version v = server.proxy_protocol.value_or(_up.cfg().proxy_protocol);
-    if (v == config::proxy_protocol_version::none) {
-        co_return true;
-    }
     // The address the client connected to: the header's, or our socket's.
     std::optional<socket_address> dst;
     if (_adm && _adm->destination) {
@@ -164,7 +161,12 @@ task<std::optional<std::size_t>> proxy_pair::connect_upstream() {
             _up.connected(i);
             _server_address = addr;
             _server_fd = std::move(*fd);
-            const bool header_sent = co_await send_proxy_header(i, client);
+            // A coroutine frame per connection only where a header goes out.
+            bool header_sent = true;
+            if (_up.cfg().servers[i].proxy_protocol.value_or(_up.cfg().proxy_protocol) !=
+                config::proxy_protocol_version::none) {
+                header_sent = co_await send_proxy_header(i, client);
+            }
             if (!header_sent) {
                 // The server reset before taking a few hundred bytes: the
                 // client ends as after a reset, not retried (the server

@@ -58,6 +58,12 @@ upstream_shared::upstream_shared(std::shared_ptr<const config::config> gen, cons
                 kept = previous->servers[i];
             }
         }
+        // Without checks nothing would ever clear a mark the checks left:
+        // the server is up again, as far as they are concerned.
+        if (kept && !c.health_check.enabled) {
+            kept->check_down.store(false);
+            kept->check_streak.store(0);
+        }
         servers.push_back(kept ? kept : std::make_shared<server_shared>());
     }
 }
