@@ -19,17 +19,6 @@ using namespace shardd::test;
 
 namespace {
 
-std::string find_program(const std::string& name) {
-    for (const char* dir : {"/usr/sbin/", "/usr/bin/", "/sbin/", "/bin/"}) {
-        const std::string p = std::string(dir) + name;
-        if (access(p.c_str(), X_OK) == 0) {
-            return p;
-        }
-    }
-    FAIL(name << " is not installed: .ci/install-deps installs it");
-    return "";
-}
-
 // nginx serving `root` over HTTP on `listener`, a socket this test bound and
 // listens on. nginx takes it over through $NGINX (the way it hands its
 // sockets to a new binary on upgrade), so the port is known before nginx

@@ -69,6 +69,14 @@ struct echo_server {
     void answer_again() { d->process().signal(SIGCONT); }
 };
 
+// `n` clients through `proxy`, one after another, each served.
+void serve_clients(echo_daemon& proxy, int n) {
+    for (int i = 0; i < n; ++i) {
+        socket_fd c(proxy.connect());
+        REQUIRE(served(c.get()));
+    }
+}
+
 // Connections made to `server` through the proxy, over all shards.
 double connections_to(const std::string& admin, const std::string& server) {
     const std::string body = http_get(admin, "/stats");
@@ -99,18 +107,12 @@ TEST_CASE("active checks: a server that stops answering is down after `fall` che
     // The clients land on every shard (SO_REUSEPORT), and each shard's pick
     // reads the one shared verdict.
     const double before = connections_to(admin, b.address);
-    for (int i = 0; i < 20; ++i) {
-        socket_fd c(proxy.connect());
-        REQUIRE(served(c.get()));
-    }
+    serve_clients(proxy, 20);
     CHECK(connections_to(admin, b.address) == before + 20);
     a.answer_again();
     REQUIRE(proxy.process().wait_for_output("server " + a.address + " is up after 2 passing checks", generous));
     const double a_before = connections_to(admin, a.address);
-    for (int i = 0; i < 10; ++i) {
-        socket_fd c(proxy.connect());
-        REQUIRE(served(c.get()));
-    }
+    serve_clients(proxy, 10);
     CHECK(connections_to(admin, a.address) > a_before);
     // One shard ran a's checks: its counter is the only one that moved.
     const std::string body = http_get(admin, "/metrics");
@@ -149,10 +151,7 @@ TEST_CASE("health checks come and go with a reload; a server they marked down is
     CHECK(metric(admin, "shardd_upstream_server_up{upstream=\"u\",server=\"" + a.address + "\"}") == 1);
     a.answer_again();
     // Round robin over both again: of two clients, one is a's.
-    for (int i = 0; i < 2; ++i) {
-        socket_fd c(proxy.connect());
-        REQUIRE(served(c.get()));
-    }
+    serve_clients(proxy, 2);
     CHECK(connections_to(admin, a.address) == 1);
 }
 
@@ -198,25 +197,16 @@ TEST_CASE("backup servers take over while every primary is down, and hand back",
     echo_daemon proxy(proxy_config(
         "[\"" + primary.address + "\", { address = \"" + backup.address + "\", backup = true }]", fast_checks));
     const std::string admin = admin_of(proxy);
-    for (int i = 0; i < 5; ++i) {
-        socket_fd c(proxy.connect());
-        REQUIRE(served(c.get()));
-    }
+    serve_clients(proxy, 5);
     CHECK(connections_to(admin, primary.address) == 5);
     CHECK(connections_to(admin, backup.address) == 0);
     primary.stop_answering();
     REQUIRE(proxy.process().wait_for_output("server " + primary.address + " is down", generous));
-    for (int i = 0; i < 5; ++i) {
-        socket_fd c(proxy.connect());
-        REQUIRE(served(c.get()));
-    }
+    serve_clients(proxy, 5);
     CHECK(connections_to(admin, backup.address) == 5);
     primary.answer_again();
     REQUIRE(proxy.process().wait_for_output("server " + primary.address + " is up", generous));
-    for (int i = 0; i < 5; ++i) {
-        socket_fd c(proxy.connect());
-        REQUIRE(served(c.get()));
-    }
+    serve_clients(proxy, 5);
     CHECK(connections_to(admin, primary.address) == 10);
     CHECK(connections_to(admin, backup.address) == 5);
 }
@@ -239,10 +229,7 @@ TEST_CASE("a server drained by reload finishes its connections and gets no new o
     proxy.reload(config(", " + how));
     REQUIRE(proxy.process().wait_for_output("reload: applied", generous));
     // The changed upstream is a new generation: its counters start at 0.
-    for (int i = 0; i < 6; ++i) {
-        socket_fd c(proxy.connect());
-        REQUIRE(served(c.get()));
-    }
+    serve_clients(proxy, 6);
     CHECK(connections_to(admin, a.address) == 0);
     CHECK(connections_to(admin, b.address) == 6);
     // a still has its one open connection (the count carries over).
@@ -678,17 +665,6 @@ TEST_CASE("per-source limits hold across shards: connections, then rate", "[prox
 }
 
 namespace {
-
-std::string find_program(const std::string& name) {
-    for (const char* dir : {"/usr/sbin/", "/usr/bin/"}) {
-        const std::string p = std::string(dir) + name;
-        if (access(p.c_str(), X_OK) == 0) {
-            return p;
-        }
-    }
-    FAIL(name << " is not installed: .ci/install-deps installs it");
-    return "";
-}
 
 // HAProxy 2.6 in mode tcp on `listener`, a socket this test bound: HAProxy
 // takes it over as fd@N, so its port is known before it starts and clients

@@ -5,6 +5,7 @@
 #include <regex>
 #include <sys/resource.h>
 #include <sys/socket.h>
+#include <unistd.h>
 
 #include "tests/support/echo_peers.hh"
 
@@ -76,6 +77,17 @@ std::size_t raise_fd_limit(std::size_t at_least) {
     rl.rlim_cur = rl.rlim_max;
     REQUIRE(setrlimit(RLIMIT_NOFILE, &rl) == 0);
     return rl.rlim_cur;
+}
+
+std::string find_program(const std::string& name) {
+    for (const char* dir : {"/usr/sbin/", "/usr/bin/", "/sbin/", "/bin/"}) {
+        const std::string p = std::string(dir) + name;
+        if (access(p.c_str(), X_OK) == 0) {
+            return p;
+        }
+    }
+    FAIL(name << " is not installed: .ci/install-deps installs it");
+    return "";
 }
 
 void close_with_reset(int fd) {

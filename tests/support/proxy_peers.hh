@@ -57,6 +57,10 @@ std::uint64_t stats_sum(const std::string& admin_address, const std::string& key
 // returns the soft limit now in effect.
 std::size_t raise_fd_limit(std::size_t at_least = 0);
 
+// The path of an installed program (nginx, haproxy, iperf3) in the usual
+// directories; fails the test, naming .ci/install-deps, when it is absent.
+std::string find_program(const std::string& name);
+
 // Closes with an RST rather than a FIN.
 void close_with_reset(int fd);
 
