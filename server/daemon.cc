@@ -110,8 +110,24 @@ void log_settings(const config::config& cfg, const cpu_set& cpus, const std::str
         const std::string what = l.mode == config::listener_mode::echo
                                      ? "echo/" + std::string(config::to_string(l.protocol))
                                      : "proxy to " + l.upstream;
-        spdlog::info("listener {}: {} on {}, max_connections {}, idle_timeout {}", l.name, what, addrs,
-                     l.max_connections, config::format_duration(l.idle_timeout));
+        // The controls, only where set: a plain listener's line stays short.
+        std::string controls;
+        if (l.accept_proxy) {
+            controls += ", PROXY headers from " + std::to_string(l.proxy_trusted.size()) + " trusted block" +
+                        (l.proxy_trusted.size() == 1 ? "" : "s");
+        }
+        if (!l.allow.empty() || !l.deny.empty()) {
+            controls += ", allow " + (l.allow.empty() ? std::string("all") : std::to_string(l.allow.size())) +
+                        " deny " + std::to_string(l.deny.size());
+        }
+        if (l.max_connections_per_source != 0) {
+            controls += ", " + std::to_string(l.max_connections_per_source) + " connections per source";
+        }
+        if (l.connection_rate_per_source != 0) {
+            controls += ", " + std::to_string(l.connection_rate_per_source) + " new connections/s per source";
+        }
+        spdlog::info("listener {}: {} on {}, max_connections {}, idle_timeout {}{}", l.name, what, addrs,
+                     l.max_connections, config::format_duration(l.idle_timeout), controls);
     }
     for (const auto& up : cfg.upstreams) {
         std::string servers;
@@ -123,8 +139,18 @@ void log_settings(const config::config& cfg, const cpu_set& cpus, const std::str
             if (a.weight != 1) {
                 servers += "(weight " + std::to_string(a.weight) + ")";
             }
+            servers += a.backup ? "(backup)" : "";
+            servers += a.drain ? "(drain)" : "";
         }
-        spdlog::info("upstream {}: {} over {}", up.name, config::to_string(up.balance), servers);
+        std::string extra;
+        if (up.proxy_protocol != config::proxy_protocol_version::none) {
+            extra += ", PROXY " + std::string(config::to_string(up.proxy_protocol));
+        }
+        if (up.health_check.enabled) {
+            extra += ", checks every " + config::format_duration(up.health_check.interval) +
+                     (up.health_check.expect.empty() ? " (connect)" : " (send/expect)");
+        }
+        spdlog::info("upstream {}: {} over {}{}", up.name, config::to_string(up.balance), servers, extra);
     }
 }
 
