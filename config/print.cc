@@ -128,10 +128,12 @@ std::string to_toml(const config& cfg) {
         if (l.mode == listener_mode::proxy) {
             os << "half_close_timeout = " << quoted(format_duration(l.half_close_timeout)) << "\n";
         }
-        if (l.accept_proxy) {
-            os << "accept_proxy = true\n"
-               << "proxy_trusted = " << cidr_list(l.proxy_trusted) << "\n"
-               << "proxy_timeout = " << quoted(format_duration(l.proxy_timeout)) << "\n";
+        os << "accept_proxy = " << (l.accept_proxy ? "true" : "false") << "\n";
+        if (!l.proxy_trusted.empty()) {
+            os << "proxy_trusted = " << cidr_list(l.proxy_trusted) << "\n";
+        }
+        if (l.accept_proxy || l.proxy_timeout != listener_config{}.proxy_timeout) {
+            os << "proxy_timeout = " << quoted(format_duration(l.proxy_timeout)) << "\n";
         }
         if (!l.allow.empty()) {
             os << "allow = " << cidr_list(l.allow) << "\n";

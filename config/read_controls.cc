@@ -116,6 +116,8 @@ void reader::read_listener_controls(const toml::table& t, const std::string& pre
     }
     read_cidrs(t, prefix, "allow", l.allow);
     read_cidrs(t, prefix, "deny", l.deny);
+    // An empty deny list denies nothing, as no list; an empty allow list
+    // would deny everyone, which is never what a list of exceptions means.
     if (const toml::node* n = t.get("allow"); n && n->is_array() && n->as_array()->empty()) {
         error(pos_of(n->source()), prefix + ".allow",
               "is empty, which would deny every source; remove it to allow every source");
@@ -144,10 +146,15 @@ void reader::read_health_check(const toml::table& up_table, const std::string& p
     read_integer(*t, path, "rise", hc.rise, 1, max_rise_fall);
     read_integer(*t, path, "fall", hc.fall, 1, max_rise_fall);
     if (hc.timeout > hc.interval) {
-        const toml::node* at = t->get("timeout") ? t->get("timeout") : t->get("interval");
-        error(pos_of(at ? at->source() : t->source()), path + ".timeout",
-              "expected at most health_check.interval (" + format_duration(hc.interval) + "), found " +
-                  format_duration(hc.timeout));
+        if (const toml::node* at = t->get("timeout")) {
+            error(pos_of(at->source()), path + ".timeout",
+                  "expected at most health_check.interval (" + format_duration(hc.interval) + "), found " +
+                      format_duration(hc.timeout));
+        } else {
+            error(pos_of(t->get("interval")->source()), path + ".interval",
+                  "expected at least the default timeout (" + format_duration(hc.timeout) + "), found " +
+                      format_duration(hc.interval) + "; set health_check.timeout too");
+        }
     }
     for (auto [key, out] : {std::pair{"send"sv, &hc.send}, std::pair{"expect"sv, &hc.expect}}) {
         with(*t, path, key, [&, out = out](const toml::node& v, const std::string& key_path) {

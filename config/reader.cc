@@ -252,6 +252,16 @@ void reader::read(const toml::table& root, const overrides& over, config& cfg) {
     warn_small_pool(root, cfg);
     for (std::size_t i = 0; i < cfg.upstreams.size(); ++i) {
         const auto& up = cfg.upstreams[i];
+        // Draining every server is a maintenance step, not a mistake; but
+        // say what it does.
+        const bool usable = std::any_of(up.servers.begin(), up.servers.end(),
+                                        [](const upstream_server& s) { return s.weight > 0 && !s.drain; });
+        if (!up.servers.empty() && !usable) {
+            const toml::node* n = root.at_path("upstream[" + std::to_string(i) + "].servers").node();
+            warning(n ? pos_of(n->source()) : position{}, "upstream[" + std::to_string(i) + "].servers",
+                    "every server is drained or of weight 0: clients of upstream \"" + up.name +
+                        "\" will be closed (no_server)");
+        }
         if (!up.name.empty() && !_upstream_used.contains(up.name)) {
             const toml::node* n = root.at_path("upstream[" + std::to_string(i) + "].name").node();
             warning(n ? pos_of(n->source()) : position{}, "upstream[" + std::to_string(i) + "].name",

@@ -164,8 +164,9 @@ task<bool> admit_proxied(shard_state& sh, listener_state& l, connection_guard& g
             break;
         }
     }
-    guard.unlink();
-    if (!failure.empty()) {
+    // Still linked: the caller's link() takes the place over (a retiring
+    // listener must not see its count drop to 0 in between).
+    if (wait.stop.abort_requested() || !failure.empty()) {
         if (wait.stop.abort_requested()) {
             // The drain or the idle sweep: their reason stands.
             log_refused(sh, l, &*peer, guard.aborted_for());
@@ -173,7 +174,7 @@ task<bool> admit_proxied(shard_state& sh, listener_state& l, connection_guard& g
         }
         co_return header_refused(sh, l, &*peer, failure);
     }
-    out = std::make_unique<admitted>();
+    out->awaiting_header = false;
     if (!r.value.local && r.value.source && r.value.destination) {
         out->client = std::make_unique<socket_address>(*r.value.source);
         out->destination = std::make_unique<socket_address>(*r.value.destination);

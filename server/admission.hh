@@ -42,6 +42,9 @@ inline constexpr std::size_t max_proxy_header = 4096;
 // listeners that use admission (an idle echo connection's frame carries
 // one pointer for it).
 struct admitted {
+    // Made at accept for an accept_proxy listener: the header is still to
+    // come (admit_proxied()).
+    bool awaiting_header = false;
     // The connection's place in its source's count (per-source limits).
     source_ticket ticket;
     // From the PROXY header: the client and the address it connected to
@@ -59,10 +62,12 @@ bool admits_at_accept(const config::listener_config& cfg) noexcept;
 // logged here); else `out` holds its ticket (or stays null).
 bool admit_at_accept(shard_state& sh, listener_state& l, int fd, std::unique_ptr<admitted>& out);
 
-// In the connection's task, for an accept_proxy listener: proxy_trusted,
-// the header, then the ACLs and limits on the header's client. False when
-// the connection is to be closed (counted and logged here). The guard
-// links the wait, so that the drain and the idle sweep can end it.
+// In the connection's task, for a connection accepted by an accept_proxy
+// listener (`out->awaiting_header`): proxy_trusted, the header, then the
+// ACLs and limits on the header's client. False when the connection is to
+// be closed (counted and logged here). The wait is linked in the guard, so
+// that the drain and the idle sweep can end it; the caller links its
+// connection in its place.
 task<bool> admit_proxied(shard_state& sh, listener_state& l, connection_guard& guard, std::unique_ptr<admitted>& out);
 
 }  // namespace shardd::server

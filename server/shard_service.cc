@@ -98,7 +98,7 @@ void log_echo(shard_state& sh, const listener_state& l, const access_start& star
 
 task<void> serve(shard_state& sh, listener_state& l, owned_fd fd, connection_slot slot, std::unique_ptr<admitted> adm) {
     connection_guard guard(sh, l, std::move(fd), std::move(slot));
-    if (l.cfg->accept_proxy) {
+    if (adm && adm->awaiting_header) {
         const bool admitted = co_await admit_proxied(sh, l, guard, adm);
         if (!admitted) {
             co_return;
@@ -161,6 +161,12 @@ task<void> accept_loop(shard_state& sh, listener_state& l, int lfd) {
         if (admits_at_accept(*l.cfg) && !admit_at_accept(sh, l, fd->get(), adm)) {
             fd->reset();
             continue;
+        }
+        if (l.cfg->accept_proxy) {
+            // Decided here: a reload before the task starts does not skip
+            // the header it was accepted to wait for.
+            adm = std::make_unique<admitted>();
+            adm->awaiting_header = true;
         }
         // max_connections: accept and close at once (the client sees EOF
         // straight away rather than hanging in the backlog), counted.
@@ -299,7 +305,6 @@ task<void> drain(shard_state& sh) {
     for (auto& c : sh.checks) {
         c.stop->request_abort();
         sh.housekeeping.push_back(std::move(c.task));
-        sh.retired_check_stops.push_back(std::move(c.stop));
     }
     sh.checks.clear();
     sh.stop_housekeeping.request_abort();
@@ -378,7 +383,6 @@ void apply_checks(shard_state& sh) {
         } else {
             c.stop->request_abort();
             sh.housekeeping.push_back(std::move(c.task));
-            sh.retired_check_stops.push_back(std::move(c.stop));
         }
     }
     for (const auto& u : sh.upstreams) {
@@ -387,8 +391,8 @@ void apply_checks(shard_state& sh) {
         if (!running && u->cfg().health_check.enabled) {
             running_checks c;
             c.generation = &u->shared();
-            c.stop = std::make_unique<abort_source>();
-            c.task = executor::current()->spawn(proxy::run_health_checks(u, sh.id, *c.stop));
+            c.stop = std::make_shared<abort_source>();
+            c.task = executor::current()->spawn(proxy::run_health_checks(u, sh.id, c.stop));
             kept.push_back(std::move(c));
         }
     }

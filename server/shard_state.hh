@@ -93,7 +93,7 @@ struct listener_state {
 // (proxy/health_check.hh); stopped when a reload replaces the generation.
 struct running_checks {
     const proxy::upstream_shared* generation = nullptr;
-    std::unique_ptr<abort_source> stop;
+    std::shared_ptr<abort_source> stop;  // the task holds it too
     join_handle<void> task;
 };
 
@@ -106,9 +106,6 @@ struct shard_state {
     // This shard's side of each upstream, current generation.
     std::vector<std::shared_ptr<proxy::upstream_local>> upstreams;
     std::vector<running_checks> checks;
-    // The stops of checks that were stopped: their tasks, in housekeeping,
-    // refer to them until they end.
-    std::vector<std::unique_ptr<abort_source>> retired_check_stops;
     std::unique_ptr<peer_log> log;
     // The buffers, counters, log and round scratch every transit shares.
     std::unique_ptr<transit_env> transit;
@@ -162,10 +159,16 @@ public:
     int fd() const noexcept { return _fd.get(); }
     // Why the shard aborted the connection ("" if it did not).
     std::string_view aborted_for() const noexcept { return _entry.aborted_for; }
+    // Links the connection for the idle sweep and the drain; a linked one
+    // (admission's header wait) hands over its place, so that a retiring
+    // listener never sees it gone, and its idle clock starts afresh.
     void link(served_connection& c) {
         _entry.conn = &c;
-        _l.link(&_entry);
-        _linked = true;
+        _entry.seen_activity = 0;
+        _entry.idle_sweeps = 0;
+        if (!std::exchange(_linked, true)) {
+            _l.link(&_entry);
+        }
     }
     void unlink() {
         if (std::exchange(_linked, false)) {

@@ -143,6 +143,11 @@ std::vector<bad_case> cases() {
          "[[upstream]]\nname = \"web\"\nservers = [\"127.0.0.1:1\"]\n"
          "health_check = { interval = \"1s\", timeout = \"2s\" }\n",
          "9:45: upstream[0].health_check.timeout", "expected at most health_check.interval (1s), found 2s"},
+        {"health_check interval below the default timeout",
+         "[[listener]]\nname = \"p\"\nlisten = \"127.0.0.1:0\"\nmode = \"proxy\"\nupstream = \"web\"\n"
+         "[[upstream]]\nname = \"web\"\nservers = [\"127.0.0.1:1\"]\nhealth_check = { interval = \"500ms\" }\n",
+         "9:29: upstream[0].health_check.interval",
+         "expected at least the default timeout (1s), found 500ms; set health_check.timeout too"},
         {"health_check bad escape",
          "[[listener]]\nname = \"p\"\nlisten = \"127.0.0.1:0\"\nmode = \"proxy\"\nupstream = \"web\"\n"
          "[[upstream]]\nname = \"web\"\nservers = [\"127.0.0.1:1\"]\nhealth_check = { send = 'a\\x4' }\n",

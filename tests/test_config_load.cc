@@ -302,6 +302,18 @@ TEST_CASE("an unused upstream is a warning, not an error", "[config]") {
           "w.toml:7:8: warning: upstream[0].name: upstream \"spare\" is not used by any listener");
 }
 
+TEST_CASE("an upstream with every server drained is a warning", "[config]") {
+    auto r = load_string("[[listener]]\nname = \"p\"\nlisten = \"127.0.0.1:0\"\nmode = \"proxy\"\nupstream = \"u\"\n"
+                         "[[upstream]]\nname = \"u\"\nservers = [{ address = \"127.0.0.1:1\", drain = true }, "
+                         "{ address = \"127.0.0.1:2\", weight = 0 }]\n",
+                         "w.toml", {}, two_cpus);
+    REQUIRE(r.ok());
+    REQUIRE(r.diagnostics.size() == 1);
+    CHECK(r.diagnostics[0].to_string() ==
+          "w.toml:8:11: warning: upstream[0].servers: every server is drained or of weight 0: clients of upstream "
+          "\"u\" will be closed (no_server)");
+}
+
 TEST_CASE("IPv4 and IPv6 wildcards on one port do not overlap", "[config]") {
     config_t c = load_ok("[[listener]]\nname = \"l\"\nlisten = [\"0.0.0.0:7\", \"[::]:7\"]\nmode = \"echo\"\n");
     CHECK(c.listeners[0].listen.size() == 2);

@@ -326,7 +326,7 @@ void upstream_metrics(exposition& e, const std::vector<std::shared_ptr<proxy::up
              "fail_timeout).");
     for (const auto& u : ups) {
         for (std::size_t i = 0; i < u->cfg->servers.size(); ++i) {
-            const bool down = proxy::is_down(*u->servers[i], now);
+            const bool down = proxy::is_down(*u->servers[i], now, u->cfg->health_check.enabled);
             e.sample("shardd_upstream_server_up",
                      {{"upstream", u->cfg->name}, {"server", u->cfg->servers[i].address.to_string()}},
                      std::uint64_t{down ? 0u : 1u});
@@ -418,9 +418,10 @@ std::string upstreams_json(const std::vector<std::shared_ptr<proxy::upstream_sha
         }
         out += ",\"servers\":[";
         for (std::size_t i = 0; i < n; ++i) {
-            out += (i ? ",{" : "{") + std::string("\"address\":\"") + u->cfg->servers[i].address.to_string() +
-                   "\",\"up\":" + (proxy::is_down(*u->servers[i], now) ? "false" : "true") +
-                   ",\"active\":" + std::to_string(u->servers[i]->active.load(std::memory_order_relaxed));
+            out +=
+                (i ? ",{" : "{") + std::string("\"address\":\"") + u->cfg->servers[i].address.to_string() +
+                "\",\"up\":" + (proxy::is_down(*u->servers[i], now, u->cfg->health_check.enabled) ? "false" : "true") +
+                ",\"active\":" + std::to_string(u->servers[i]->active.load(std::memory_order_relaxed));
             for (const counter_field<proxy::server_counters>& f : server_fields) {
                 std::uint64_t total = 0;
                 for (std::size_t s = 0; s < u->shards; ++s) {

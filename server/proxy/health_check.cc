@@ -1,4 +1,5 @@
 #include "server/proxy/health_check.hh"
+#include "server/proxy/proxy_protocol.hh"
 
 #include "reactor/io.hh"
 #include "reactor/join_handle.hh"
@@ -20,7 +21,9 @@ nanoseconds left(clock::time_point deadline) {
 }
 
 // One check. Returns "" when it passed, or why it failed.
-task<std::string> check_once(const socket_address& addr, const config::health_check_config& hc, abort_source& stop) {
+// `request`: the PROXY header, if the server takes one, then hc.send.
+task<std::string> check_once(const socket_address& addr, const config::health_check_config& hc,
+                             const std::string& request, abort_source& stop) {
     const clock::time_point deadline = clock::now() + hc.timeout;
     auto fd = tcp_socket(addr.family());
     if (!fd) {
@@ -37,8 +40,8 @@ task<std::string> check_once(const socket_address& addr, const config::health_ch
         co_return "connect: " + c.error().message();
     }
     std::size_t sent = 0;
-    while (sent < hc.send.size()) {
-        auto send_op = send_some(raw, hc.send.data() + sent, static_cast<std::uint32_t>(hc.send.size() - sent))
+    while (sent < request.size()) {
+        auto send_op = send_some(raw, request.data() + sent, static_cast<std::uint32_t>(request.size() - sent))
                            .with_timeout(left(deadline))
                            .with_abort(stop);
         auto n = co_await send_op;
@@ -74,6 +77,13 @@ task<std::string> check_once(const socket_address& addr, const config::health_ch
 task<void> check_loop(std::shared_ptr<upstream_local> up, std::size_t i, nanoseconds offset, abort_source& stop) {
     const auto& hc = up->cfg().health_check;
     const socket_address addr = up->address(i);
+    std::string request;
+    switch (up->cfg().servers[i].proxy_protocol.value_or(up->cfg().proxy_protocol)) {
+    case config::proxy_protocol_version::none: break;
+    case config::proxy_protocol_version::v1: request = proxy_protocol::build_v1(nullptr, nullptr); break;
+    case config::proxy_protocol_version::v2: request = proxy_protocol::build_v2(nullptr, nullptr); break;
+    }
+    request += hc.send;
     clock::time_point next = clock::now() + offset;
     while (!stop.abort_requested()) {
         sleep_op wait = sleep_until(next, stop);
@@ -81,7 +91,7 @@ task<void> check_loop(std::shared_ptr<upstream_local> up, std::size_t i, nanosec
             break;
         }
         next = clock::now() + hc.interval;
-        const std::string why = co_await check_once(addr, hc, stop);
+        const std::string why = co_await check_once(addr, hc, request, stop);
         if (stop.abort_requested()) {
             break;  // cancelled, not failed
         }
@@ -95,7 +105,7 @@ unsigned checking_shard(std::string_view name, std::size_t i, std::size_t shards
     return static_cast<unsigned>((std::hash<std::string_view>{}(name) + i) % shards);
 }
 
-task<void> run_health_checks(std::shared_ptr<upstream_local> up, unsigned shard, abort_source& stop) {
+task<void> run_health_checks(std::shared_ptr<upstream_local> up, unsigned shard, std::shared_ptr<abort_source> stop) {
     const auto& cfg = up->cfg();
     const std::size_t shards = up->shared().shards;
     std::vector<std::size_t> mine;
@@ -109,7 +119,7 @@ task<void> run_health_checks(std::shared_ptr<upstream_local> up, unsigned shard,
         // The first server at once, the others spread over one interval.
         const auto n = static_cast<std::int64_t>(mine.size());
         const nanoseconds offset = cfg.health_check.interval * static_cast<std::int64_t>(k) / n;
-        loops.push_back(executor::current()->spawn(check_loop(up, mine[k], offset, stop)));
+        loops.push_back(executor::current()->spawn(check_loop(up, mine[k], offset, *stop)));
     }
     for (auto& l : loops) {
         co_await l;

@@ -12,7 +12,11 @@
 // A check is a TCP connect, then, if health_check.send is set, those
 // bytes, then, if health_check.expect is set, a reply that must start with
 // those bytes (read until that many arrive, the peer closes, or the check's
-// timeout). It passes when every step does, within health_check.timeout
+// timeout). A server configured for PROXY headers gets one first, as
+// HAProxy's check-send-proxy: v1 "PROXY UNKNOWN", v2 LOCAL (the spec's
+// command for a proxy's own connections, such as health checks), so that
+// it does not refuse the check as a connection without a header. It
+// passes when every step does, within health_check.timeout
 // from the connect. `fall` failures in a row mark an up server down; then
 // only `rise` passes in a row bring it back (passive health can mark it
 // down too, upstream.hh).
@@ -37,6 +41,6 @@ unsigned checking_shard(std::string_view name, std::size_t i, std::size_t shards
 // Checks, until `stop`, the servers of `up` that belong to `shard`. Spawn
 // it when the shard takes an upstream generation with health_check
 // enabled; abort `stop` when the generation is replaced or at the drain.
-task<void> run_health_checks(std::shared_ptr<upstream_local> up, unsigned shard, abort_source& stop);
+task<void> run_health_checks(std::shared_ptr<upstream_local> up, unsigned shard, std::shared_ptr<abort_source> stop);
 
 }  // namespace shardd::server::proxy

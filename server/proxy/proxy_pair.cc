@@ -307,7 +307,7 @@ void log_pair(shard_state& sh, const listener_state& l, const access_start& star
 
 task<void> serve(shard_state& sh, listener_state& l, owned_fd fd, connection_slot slot, std::unique_ptr<admitted> adm) {
     connection_guard guard(sh, l, std::move(fd), std::move(slot));
-    if (l.cfg->accept_proxy) {
+    if (adm && adm->awaiting_header) {
         const bool admitted = co_await admit_proxied(sh, l, guard, adm);
         if (!admitted) {
             co_return;

@@ -37,6 +37,23 @@ std::uint64_t hash_host(const socket_address& a) noexcept {
     return h;
 }
 
+// Wakes one waiter (or all) of shard `s`'s queue, through the mesh. The
+// message names the queue, not its upstream_local: by the time it runs
+// there, a reload may have retired that local.
+void wake_on(unsigned s, shard_queue_state* q, bool all) {
+    auto one = [](void* p) {
+        if (upstream_local* l = static_cast<shard_queue_state*>(p)->local.load()) {
+            l->wake_one();
+        }
+    };
+    auto every = [](void* p) {
+        if (upstream_local* l = static_cast<shard_queue_state*>(p)->local.load()) {
+            l->wake_all();
+        }
+    };
+    shard_mesh::current()->send(s, {all ? +every : +one, q});
+}
+
 std::string ns_to_string(std::int64_t ns) { return config::format_duration(std::chrono::nanoseconds(ns)); }
 
 }  // namespace
@@ -90,7 +107,7 @@ upstream_local::~upstream_local() {
 }
 
 bool upstream_local::down(std::size_t i, std::int64_t now_ns) const noexcept {
-    return is_down(*_shared.servers[i], now_ns);
+    return is_down(*_shared.servers[i], now_ns, cfg().health_check.enabled);
 }
 
 bool upstream_local::usable(std::size_t i, std::int64_t now_ns) const noexcept {
@@ -121,15 +138,22 @@ pick_result upstream_local::pick(const socket_address& client, const std::vector
     const std::int64_t now = steady_now_ns();
     _eligible.clear();
     bool any_up = false;
-    const bool backups = backups_only(now);
-    for (std::size_t i = 0; i < size(); ++i) {
-        if ((i < tried.size() && tried[i]) || cfg().servers[i].backup != backups || !usable(i, now)) {
+    // Primaries first; backups while no primary is usable, or once this
+    // client has tried every usable primary (a primary that refused it may
+    // not be marked down yet: max_fails above 1, or 0).
+    for (const bool backups : {false, true}) {
+        if (any_up || (!backups && backups_only(now))) {
             continue;
         }
-        any_up = true;
-        const std::uint64_t limit = cfg().servers[i].max_connections;
-        if (limit == 0 || _shared.servers[i]->active.load() < limit) {
-            _eligible.push_back(i);
+        for (std::size_t i = 0; i < size(); ++i) {
+            if ((i < tried.size() && tried[i]) || cfg().servers[i].backup != backups || !usable(i, now)) {
+                continue;
+            }
+            any_up = true;
+            const std::uint64_t limit = cfg().servers[i].max_connections;
+            if (limit == 0 || _shared.servers[i]->active.load() < limit) {
+                _eligible.push_back(i);
+            }
         }
     }
     // A server that filled up between the look above and try_take() (on
@@ -197,6 +221,22 @@ void upstream_local::wake_one() noexcept {
     if (queue_waiter* w = _queue_head) {
         dequeue(*w);
         w->wake.request_abort();
+    }
+}
+
+void upstream_local::wake_all() noexcept {
+    while (_queue_head) {
+        wake_one();
+    }
+}
+
+void upstream_local::wake_queues() noexcept {
+    wake_all();
+    for (std::size_t k = 1; k < _shared.shards; ++k) {
+        const std::size_t s = (_shard + k) % _shared.shards;
+        if (_shared.queues[s].waiting.load() > 0) {
+            wake_on(static_cast<unsigned>(s), &_shared.queues[s], true);
+        }
     }
 }
 
@@ -300,15 +340,7 @@ void upstream_local::close(std::size_t i) noexcept {
     for (std::size_t k = 1; k < _shared.shards; ++k) {
         const std::size_t s = (_shard + k) % _shared.shards;
         if (_shared.queues[s].waiting.load() > 0) {
-            // The message names the queue, not its upstream_local: by the
-            // time it runs there, a reload may have retired that local.
-            shard_mesh::current()->send(static_cast<unsigned>(s), {[](void* p) {
-                                                                       auto* q = static_cast<shard_queue_state*>(p);
-                                                                       if (upstream_local* l = q->local.load()) {
-                                                                           l->wake_one();
-                                                                       }
-                                                                   },
-                                                                   &_shared.queues[s]});
+            wake_on(static_cast<unsigned>(s), &_shared.queues[s], false);
             return;
         }
     }
@@ -376,6 +408,7 @@ void upstream_local::mark_down(std::size_t i, const std::string& why) {
     if (!s.check_down.exchange(true)) {
         _counters[i].marked_down.add();
         spdlog::warn("upstream {}: server {} is down: {}", cfg().name, address(i).to_string(), why);
+        wake_queues();  // backups may serve them now
     }
 }
 
@@ -404,6 +437,7 @@ void upstream_local::check_result(std::size_t i, bool passed, std::string_view w
             _counters[i].marked_up.add();
             spdlog::info("upstream {}: server {} is up after {} passing check{}", cfg().name, address(i).to_string(),
                          streak, streak == 1 ? "" : "s");
+            wake_queues();  // a server for them
         }
     }
 }

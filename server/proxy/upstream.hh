@@ -56,14 +56,20 @@ struct alignas(64) server_shared {
     // failing check (`fall` in a row) or by passive health (HAProxy's
     // observe: either marks a server down, only a check brings it back).
     std::atomic<bool> check_down{false};
-    // Checks in a row that passed (while down) or failed (while up);
-    // written by the checking shard only.
+    // Checks in a row that passed (while down) or failed (while up).
+    // Written by the checking shard, reset by passive health on any shard
+    // and by a reload: a reset racing a check may cost or give one check of
+    // a streak, never a transition without a check.
     std::atomic<std::uint32_t> check_streak{0};
 };
 
-// Whether a server is down now, by passive health or by its checks.
-inline bool is_down(const server_shared& s, std::int64_t now_ns) noexcept {
-    return s.check_down.load(std::memory_order_relaxed) || s.down_until.load(std::memory_order_relaxed) > now_ns;
+// Whether a server is down now, by passive health or, in a generation
+// that has checks, by its checks. A generation without checks ignores the
+// mark: an older generation's pairs (or its last checks, until every shard
+// applied the reload) may still set it, and nothing would clear it.
+inline bool is_down(const server_shared& s, std::int64_t now_ns, bool checked) noexcept {
+    return (checked && s.check_down.load(std::memory_order_relaxed)) ||
+           s.down_until.load(std::memory_order_relaxed) > now_ns;
 }
 
 // Per shard and server, single writer (see shard_counter).
@@ -176,6 +182,9 @@ public:
     // Wakes the first waiter of this shard, if any (from a close here or,
     // through the shard mesh, on another shard).
     void wake_one() noexcept;
+    // Wakes every waiter of this shard: what they may pick changed (a
+    // server came up, or every primary went down and backups now serve).
+    void wake_all() noexcept;
 
     bool down(std::size_t i, std::int64_t now_ns) const noexcept;
     // Up, and neither drained nor of weight 0: may get new connections.
@@ -197,6 +206,9 @@ private:
     // Whether pick() looks at backup servers now: no primary is usable.
     bool backups_only(std::int64_t now_ns) const noexcept;
     void mark_down(std::size_t i, const std::string& why);
+    // wake_all() on every shard with clients waiting (this one directly,
+    // the others through the mesh).
+    void wake_queues() noexcept;
 
     upstream_shared& _shared;
     unsigned _shard;
