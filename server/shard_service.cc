@@ -374,6 +374,10 @@ void configure(shard_state& sh, listener_state& l, const std::shared_ptr<const c
 
 // Stops the checks of generations that are gone, starts those of new ones.
 void apply_checks(shard_state& sh) {
+    // Tasks of earlier reloads that have ended (stopped checks, retired
+    // listeners) leave the list, so that it does not grow with reloads (a
+    // dropped handle still reports an exception nobody saw).
+    std::erase_if(sh.housekeeping, [](const join_handle<void>& h) { return h.done(); });
     std::vector<running_checks> kept;
     for (auto& c : sh.checks) {
         const bool current = std::any_of(sh.upstreams.begin(), sh.upstreams.end(),

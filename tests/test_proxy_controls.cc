@@ -446,6 +446,36 @@ TEST_CASE("the client a PROXY header names goes on in the header shardd sends", 
     CHECK(recv_exact(upstream.get(), 5) == "hello");
 }
 
+TEST_CASE("source_hash picks by the client a PROXY header names, not by the proxy in front",
+          "[proxy][proxy-protocol]") {
+    echo_server a;
+    echo_server b;
+    echo_daemon proxy(proxy_config(quoted_list({a.address, b.address}), "balance = \"source_hash\"\n",
+                                   "accept_proxy = true\nproxy_trusted = [\"127.0.0.1\"]\n"));
+    const std::string admin = admin_of(proxy);
+    auto client_from = [&](int host) {
+        socket_fd c(proxy.connect());
+        const std::string header =
+            "PROXY TCP4 192.0.2." + std::to_string(host) + " 198.51.100.1 " + std::to_string(4000 + host) + " 80\r\n";
+        REQUIRE(send_all(c.get(), header));
+        REQUIRE(served(c.get()));
+    };
+    // One client machine, five connections (each from another port of the
+    // proxy in front): one server.
+    for (int i = 0; i < 5; ++i) {
+        client_from(7);
+    }
+    const double on_a = connections_to(admin, a.address);
+    CHECK(
+        ((on_a == 5 && connections_to(admin, b.address) == 0) || (on_a == 0 && connections_to(admin, b.address) == 5)));
+    // Twenty client machines, all through the one proxy: both servers.
+    for (int host = 20; host < 40; ++host) {
+        client_from(host);
+    }
+    CHECK(connections_to(admin, a.address) > on_a);
+    CHECK(connections_to(admin, b.address) > 5 - on_a);
+}
+
 namespace {
 
 std::string v2_header(unsigned char ver_cmd, unsigned char family, const std::string& block) {
