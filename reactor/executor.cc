@@ -165,6 +165,9 @@ expected<std::unique_ptr<executor>, start_error> executor::create(const executor
                        " of rings plus its receive buffer ring: " + memlock_raise_hint + ", or run fewer shards";
             } else {
                 why += ": " + r.error().message();
+                if (const std::string reason = io_uring_refusal_reason(r.error()); !reason.empty()) {
+                    why += ": " + reason;
+                }
             }
             return unexpected{start_error{r.error(), why}};
         }

@@ -1,5 +1,7 @@
 #include "reactor/probe.hh"
 
+#include <cstdio>
+
 #include <array>
 #include <cerrno>
 #include <cstdlib>
@@ -207,6 +209,34 @@ std::string kernel_release() {
         return "unknown";
     }
     return u.release;
+}
+
+std::string io_uring_refusal_reason(const std::error_code& ec) {
+    if (ec == std::errc::function_not_supported) {
+        return "this kernel or sandbox has no io_uring (gVisor, or a kernel built without CONFIG_IO_URING)";
+    }
+    if (ec != std::errc::operation_not_permitted) {
+        return "";
+    }
+    // /proc/sys/kernel/io_uring_disabled: 0 allows everyone, 1 only
+    // CAP_SYS_ADMIN and kernel.io_uring_group, 2 nobody (Linux 6.6).
+    int disabled = 0;
+    if (FILE* f = std::fopen("/proc/sys/kernel/io_uring_disabled", "re")) {
+        if (std::fscanf(f, "%d", &disabled) != 1) {
+            disabled = 0;
+        }
+        std::fclose(f);
+    }
+    if (disabled == 2) {
+        return "the sysctl kernel.io_uring_disabled is 2 (io_uring off for every process); set it to 0";
+    }
+    if (disabled == 1) {
+        return "the sysctl kernel.io_uring_disabled is 1 (io_uring only for privileged processes and "
+               "kernel.io_uring_group), or a seccomp filter denies io_uring_setup: add this process's group to "
+               "kernel.io_uring_group, set the sysctl to 0, or allow the io_uring calls in the profile";
+    }
+    return "a seccomp filter denies io_uring_setup (Docker's and containerd's default profiles do): run with a "
+           "profile that allows io_uring_setup, io_uring_enter and io_uring_register";
 }
 
 expected<probe_report> probe_opcodes(io_uring& ring, std::span<const int> wanted) {

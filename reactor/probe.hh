@@ -66,6 +66,16 @@ expected<probe_report> probe_opcodes(io_uring& ring, std::span<const int> wanted
 // `uname -r`, or "unknown" should uname(2) fail.
 std::string kernel_release();
 
+// Why io_uring_setup(2) answered `ec`, when that means io_uring is not
+// allowed or not there, with what to do about it; "" for any other error.
+//   EPERM: kernel.io_uring_disabled (Linux 6.6+) is 2; or it is 1 and
+//     this process is neither privileged nor in kernel.io_uring_group (or
+//     a seccomp filter: EPERM does not say which); else a seccomp filter
+//     (Docker's and containerd's default profiles deny io_uring_setup).
+//   ENOSYS: no io_uring in this kernel or sandbox (gVisor, kernels built
+//     without CONFIG_IO_URING).
+std::string io_uring_refusal_reason(const std::error_code& ec);
+
 // What the runtime uses that no opcode probe can tell: flags and register
 // calls. The ring set-up code finds out by trying each one (a kernel refuses a
 // flag or call it does not know, with EINVAL) and falls back; these only word

@@ -6,6 +6,7 @@
 
 #include <catch2/catch.hpp>
 #include <csignal>
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <map>
@@ -198,4 +199,24 @@ TEST_CASE("SIGHUP reloads; a bad new config keeps the running one", "[daemon]") 
     CHECK_THAT(r->err, Catch::Contains("\"level\":\"warning\",\"thread\":\"main\",\"msg\":\"reload: "
                                        "runtime.ring_entries needs a restart: keeping the running value; applying the "
                                        "rest\"}"));
+}
+
+TEST_CASE("io_uring refused (seccomp EPERM) or absent (ENOSYS): exit 1, with the reason and what to do", "[daemon]") {
+    const char* wrapper = std::getenv("SHARDD_SECCOMP_EXEC");
+    REQUIRE(wrapper != nullptr);
+    temp_file cfg("shardd.toml", "[[listener]]\nname = \"e\"\nlisten = \"127.0.0.1:0\"\nmode = \"echo\"\n");
+    struct refusal {
+        const char* filter;
+        const char* reason;
+    };
+    for (const refusal& r :
+         {refusal{"io_uring_setup", "a seccomp filter denies io_uring_setup (Docker's and containerd's default "
+                                    "profiles do)"},
+          refusal{"io_uring_setup:ENOSYS", "this kernel or sandbox has no io_uring"}}) {
+        INFO(r.filter);
+        const run_result res = run_program(wrapper, {r.filter, shardd_binary(), "-c", cfg.path()});
+        INFO(res.err);
+        CHECK(res.exit_code == 1);
+        CHECK_THAT(res.err, Catch::Contains("cannot create the main io_uring ring") && Catch::Contains(r.reason));
+    }
 }
