@@ -91,9 +91,7 @@ task<expected<std::size_t>> send_all(int fd, std::span<const std::byte> data) {
 }
 
 task<std::error_code> connect(int fd, socket_address addr) {
-    auto r = co_await io_op(&executor::current()->main_ring(), [fd, &addr](io_uring_sqe* sqe) {
-        io_uring_prep_connect(sqe, fd, addr.get(), addr.length());
-    });
+    auto r = co_await connect_op(fd, addr);
     co_return r ? std::error_code{} : r.error();
 }
 

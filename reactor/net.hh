@@ -76,6 +76,19 @@ inline auto recv_some(int fd, void* buf, std::uint32_t len) {
 
 // Connects `fd` to `addr`.
 task<std::error_code> connect(int fd, socket_address addr);
+// The same as one operation, for .with_timeout() and .with_abort(); `addr`
+// must live until it completes.
+inline auto connect_op(int fd, const socket_address& addr) {
+    const socket_address* a = &addr;
+    return io_op(&executor::current()->main_ring(),
+                 [fd, a](io_uring_sqe* sqe) { io_uring_prep_connect(sqe, fd, a->get(), a->length()); });
+}
+// One recv(2) with MSG_PEEK: what has arrived stays in the socket. Waits
+// for at least one byte (or EOF: 0).
+inline auto recv_peek(int fd, void* buf, std::uint32_t len) {
+    return io_op(&executor::current()->main_ring(),
+                 [=](io_uring_sqe* sqe) { io_uring_prep_recv(sqe, fd, buf, len, MSG_PEEK); });
+}
 
 // shutdown(2), synchronously: for TCP it queues a FIN (or wakes readers)
 // and returns, so a ring round trip would only add a wait. (io_uring's

@@ -141,10 +141,7 @@ task<bool> admit_proxied(shard_state& sh, listener_state& l, connection_guard& g
         } else if (errno != EAGAIN) {
             n = unexpected{std::error_code(errno, std::system_category())};
         } else {
-            auto peek = io_op(&executor::current()->main_ring(),
-                              [fd, at, room](io_uring_sqe* sqe) { io_uring_prep_recv(sqe, fd, at, room, MSG_PEEK); })
-                            .with_timeout(left)
-                            .with_abort(wait.stop);
+            auto peek = recv_peek(fd, at, room).with_timeout(left).with_abort(wait.stop);
             n = co_await peek;
         }
         if (!n) {

@@ -14,4 +14,13 @@ if [ -n "$bad" ]; then
     echo "$bad"
     exit 1
 fi
+# The daemon asks the reactor for operations (reactor/io.hh, net.hh) and
+# never builds io_uring requests itself: the one place that knows the
+# backend is the reactor (issue 15's epoll backend goes behind that seam).
+bad=$(grep -rnE 'io_uring_prep_|io_uring_sqe' "$root/server" || true)
+if [ -n "$bad" ]; then
+    echo "server/ must not build io_uring requests (use reactor/io.hh or reactor/net.hh):"
+    echo "$bad"
+    exit 1
+fi
 echo "layering OK"

@@ -30,12 +30,8 @@ task<std::string> check_once(const socket_address& addr, const config::health_ch
         co_return "socket: " + fd.error().message();
     }
     const int raw = fd->get();
-    auto connect_op =
-        io_op(&executor::current()->main_ring(),
-              [raw, &addr](io_uring_sqe* sqe) { io_uring_prep_connect(sqe, raw, addr.get(), addr.length()); })
-            .with_timeout(left(deadline))
-            .with_abort(stop);
-    auto c = co_await connect_op;
+    auto connecting = connect_op(raw, addr).with_timeout(left(deadline)).with_abort(stop);
+    auto c = co_await connecting;
     if (!c) {
         co_return "connect: " + c.error().message();
     }

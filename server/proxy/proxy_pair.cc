@@ -151,12 +151,8 @@ task<std::optional<std::size_t>> proxy_pair::connect_upstream() {
             set_nodelay(fd->get(), true);
         }
         const int raw = fd->get();
-        auto connect_op =
-            io_op(&executor::current()->main_ring(),
-                  [raw, &addr](io_uring_sqe* sqe) { io_uring_prep_connect(sqe, raw, addr.get(), addr.length()); })
-                .with_timeout(cfg.connect_timeout)
-                .with_abort(_abort);
-        auto r = co_await connect_op;
+        auto connecting = connect_op(raw, addr).with_timeout(cfg.connect_timeout).with_abort(_abort);
+        auto r = co_await connecting;
         if (r) {
             _up.connected(i);
             _server_address = addr;
