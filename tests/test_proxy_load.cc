@@ -281,12 +281,21 @@ TEST_CASE("abuse through the proxy: resets, floods, silence and half-closes; a w
     well_behaved("after resets", 2);
     // Floods from clients that never read: their pairs fill both ways, and
     // the echo upstream's window closes too.
+    // A hog's bytes can sit in the kernel on four connections (hog ->
+    // proxy -> echo -> proxy -> hog), each with a receive buffer that
+    // autotuning may grow to tcp_rmem's maximum (32 MiB on this machine)
+    // and a send buffer of up to 4 MiB: some 144 MiB before any window has
+    // to close, none of it the daemons' memory. A CI run saw one hog's
+    // 64 MiB all absorbed so; 192 MiB is more than the chain can hold, and
+    // a small receive buffer on the hog keeps its own end from growing.
     std::vector<socket_fd> hogs;
     for (int i = 0; i < 20; ++i) {
         hogs.emplace_back(proxy->connect());
+        const int small = 4096;
+        ::setsockopt(hogs.back().get(), SOL_SOCKET, SO_RCVBUF, &small, sizeof(small));
     }
     std::vector<std::size_t> sent(hogs.size(), 0);
-    const std::string flood = pattern(64 << 20, 3);
+    const std::string flood = pattern(192 << 20, 3);
     // 500 ms without progress counts as stalled: well inside idle_timeout
     // (2 s), whose sweep may close a stalled pair after 1.5 s.
     CHECK(flood_until_stalled(hogs, flood, sent, std::chrono::milliseconds(500), steady::now() + generous));
