@@ -139,7 +139,7 @@ task<bool> admit_proxied(shard_state& sh, listener_state& l, connection_guard& g
         if (const ssize_t got = ::recv(fd, at, room, MSG_PEEK | MSG_DONTWAIT); got >= 0) {
             n = static_cast<std::uint32_t>(got);
         } else if (errno != EAGAIN) {
-            n = unexpected{std::error_code(errno, std::system_category())};
+            n = unexpected{errno_code(errno)};
         } else {
             auto peek = recv_peek(fd, at, room).with_timeout(left).with_abort(wait.stop);
             n = co_await peek;

@@ -1,5 +1,4 @@
 #include "server/proxy/health_check.hh"
-#include "server/proxy/proxy_protocol.hh"
 
 #include "reactor/io.hh"
 #include "reactor/join_handle.hh"
@@ -73,13 +72,7 @@ task<std::string> check_once(const socket_address& addr, const config::health_ch
 task<void> check_loop(std::shared_ptr<upstream_local> up, std::size_t i, nanoseconds offset, abort_source& stop) {
     const auto& hc = up->cfg().health_check;
     const socket_address addr = up->address(i);
-    std::string request;
-    switch (up->cfg().servers[i].proxy_protocol.value_or(up->cfg().proxy_protocol)) {
-    case config::proxy_protocol_version::none: break;
-    case config::proxy_protocol_version::v1: request = proxy_protocol::build_v1(nullptr, nullptr); break;
-    case config::proxy_protocol_version::v2: request = proxy_protocol::build_v2(nullptr, nullptr); break;
-    }
-    request += hc.send;
+    const std::string request = up->proxy_header(i, nullptr, nullptr) + hc.send;
     clock::time_point next = clock::now() + offset;
     while (!stop.abort_requested()) {
         sleep_op wait = sleep_until(next, stop);

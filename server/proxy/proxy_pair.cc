@@ -1,5 +1,4 @@
 #include "server/proxy/proxy_pair.hh"
-#include "server/proxy/proxy_protocol.hh"
 
 #include "reactor/io.hh"
 #include "reactor/net.hh"
@@ -25,8 +24,6 @@ proxy_pair::proxy_pair(shard_state& sh, listener_state& l, int client_fd, const 
     : _sh(sh), _l(l), _up_owner(l.upstream), _up(*_up_owner), _client_fd(client_fd), _adm(adm) {}
 
 task<bool> proxy_pair::send_proxy_header(std::size_t i, const socket_address& client) {
-    const auto& server = _up.cfg().servers[i];
-    const config::proxy_protocol_version v = server.proxy_protocol.value_or(_up.cfg().proxy_protocol);
     // The address the client connected to: the header's, or our socket's.
     std::optional<socket_address> dst;
     if (_adm && _adm->destination) {
@@ -35,9 +32,7 @@ task<bool> proxy_pair::send_proxy_header(std::size_t i, const socket_address& cl
         dst = *local;
     }
     const bool known = client.family() != AF_UNSPEC && dst;
-    const std::string header = v == config::proxy_protocol_version::v1
-                                   ? proxy_protocol::build_v1(known ? &client : nullptr, dst ? &*dst : nullptr)
-                                   : proxy_protocol::build_v2(known ? &client : nullptr, dst ? &*dst : nullptr);
+    const std::string header = _up.proxy_header(i, known ? &client : nullptr, dst ? &*dst : nullptr);
     // A fresh connection's send buffer takes a header of a few hundred
     // bytes at once: this never waits for the server.
     auto sent = co_await send_all(_server_fd.get(), std::as_bytes(std::span(header)));
@@ -159,8 +154,7 @@ task<std::optional<std::size_t>> proxy_pair::connect_upstream() {
             _server_fd = std::move(*fd);
             // A coroutine frame per connection only where a header goes out.
             bool header_sent = true;
-            if (_up.cfg().servers[i].proxy_protocol.value_or(_up.cfg().proxy_protocol) !=
-                config::proxy_protocol_version::none) {
+            if (_up.proxy_protocol(i) != config::proxy_protocol_version::none) {
                 header_sent = co_await send_proxy_header(i, client);
             }
             if (!header_sent) {

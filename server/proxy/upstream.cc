@@ -1,4 +1,5 @@
 #include "server/proxy/upstream.hh"
+#include "server/proxy/proxy_protocol.hh"
 
 #include "reactor/shard_mesh.hh"
 
@@ -113,6 +114,16 @@ bool upstream_local::down(std::size_t i, std::int64_t now_ns) const noexcept {
 bool upstream_local::usable(std::size_t i, std::int64_t now_ns) const noexcept {
     const config::upstream_server& c = cfg().servers[i];
     return c.weight > 0 && !c.drain && !down(i, now_ns);
+}
+
+std::string upstream_local::proxy_header(std::size_t i, const socket_address* source,
+                                         const socket_address* destination) const {
+    switch (proxy_protocol(i)) {
+    case config::proxy_protocol_version::none: break;
+    case config::proxy_protocol_version::v1: return proxy_protocol::build_v1(source, destination);
+    case config::proxy_protocol_version::v2: return proxy_protocol::build_v2(source, destination);
+    }
+    return "";
 }
 
 bool upstream_local::backups_only(std::int64_t now_ns) const noexcept {

@@ -189,6 +189,13 @@ public:
     bool down(std::size_t i, std::int64_t now_ns) const noexcept;
     // Up, and neither drained nor of weight 0: may get new connections.
     bool usable(std::size_t i, std::int64_t now_ns) const noexcept;
+    // The PROXY header version server `i` takes (its own, else the
+    // upstream's), and that header for a connection from `source` to
+    // `destination` ("" for none; null addresses: v1 UNKNOWN, v2 LOCAL).
+    config::proxy_protocol_version proxy_protocol(std::size_t i) const noexcept {
+        return cfg().servers[i].proxy_protocol.value_or(cfg().proxy_protocol);
+    }
+    std::string proxy_header(std::size_t i, const socket_address* source, const socket_address* destination) const;
     // An active check of server `i` passed or failed (the checking shard).
     void check_result(std::size_t i, bool passed, std::string_view why);
     server_counters& counters(std::size_t i) noexcept { return _counters[i]; }
