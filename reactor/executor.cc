@@ -96,6 +96,17 @@ std::string degraded_message(executor& ex, const executor_config& cfg, const exp
 
 executor* executor::current() noexcept { return t_current; }
 
+const char* to_string(backend_choice b) noexcept {
+    switch (b) {
+    case backend_choice::automatic: return "auto";
+    case backend_choice::io_uring: return "io_uring";
+    case backend_choice::epoll: return "epoll";
+    }
+    return "?";
+}
+
+const char* executor::backend_name() const noexcept { return _epoll ? "epoll" : "io_uring"; }
+
 void internal::report_unobserved(const std::exception_ptr& error) noexcept {
     const executor* ex = executor::current();
     const std::string where = ex ? ex->name() : std::string("executor");

@@ -18,6 +18,7 @@
 
 #include <atomic>
 #include <chrono>
+#include <cstdint>
 #include <memory>
 #include <optional>
 #include <string>
@@ -31,8 +32,21 @@ struct root_task;
 
 using namespace std::chrono_literals;
 
+// Which I/O backend an executor runs on (reactor/internal/ring.hh is the
+// seam; uring_ring.cc and epoll_ring.cc are the two sides of it).
+enum class backend_choice : std::uint8_t {
+    // io_uring when this kernel and sandbox allow it, else epoll. The
+    // environment variable SHARDD_BACKEND=io_uring|epoll overrides `automatic`
+    // (and only it): the test suite runs once per backend that way.
+    automatic,
+    io_uring,  // io_uring or fail to start, saying why
+    epoll,     // epoll(7) and non-blocking system calls
+};
+const char* to_string(backend_choice b) noexcept;
+
 struct executor_config {
     std::string name = "unnamed";
+    backend_choice backend = backend_choice::automatic;
     // Submission queue entries per ring (the CQ gets 4x).
     unsigned ring_entries = 1024;
     // The registered fixed-buffer arena (0: none). Locked memory, charged
@@ -81,6 +95,12 @@ public:
     static executor* current() noexcept;
 
     const std::string& name() const noexcept { return _cfg.name; }
+    // The backend this executor runs on: "io_uring" or "epoll".
+    const char* backend_name() const noexcept;
+    bool uses_epoll() const noexcept { return _epoll; }
+    // Why `automatic` chose epoll (io_uring_refusal_reason(), or the probe's
+    // missing opcodes); empty when it did not, or when epoll was asked for.
+    const std::string& fallback_reason() const noexcept { return _fallback_reason; }
     const executor_config& config() const noexcept { return _cfg; }
 
     // Task queues.
@@ -193,6 +213,8 @@ private:
     std::unique_ptr<internal::ring> _latency;
     std::unique_ptr<internal::ring> _poll;
     int _event_fd = -1;
+    bool _epoll = false;
+    std::string _fallback_reason;
 
     std::vector<std::unique_ptr<internal::task_queue>> _queues;
     internal::task_queue* _current = nullptr;
