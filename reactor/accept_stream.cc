@@ -17,7 +17,7 @@ void accept_state::prep(io_uring_sqe* sqe) { io_uring_prep_multishot_accept(sqe,
 void accept_state::release_ready() noexcept {
     for (int fd : _ready) {
         if (fd >= 0) {
-            ::close(fd);
+            close_fd(fd);
         }
     }
     _ready.clear();

@@ -40,12 +40,8 @@ expected<std::unique_ptr<buffer_ring>> buffer_ring::create(internal::ring& on, s
     }
     br->_buffers = static_cast<std::byte*>(buf_mem);
 
-    io_uring_buf_reg reg{};
-    reg.ring_addr = reinterpret_cast<std::uint64_t>(br->_br);
-    reg.ring_entries = count;
-    reg.bgid = group;
-    if (int rc = io_uring_register_buf_ring(&on.raw(), &reg, 0); rc < 0) {
-        return unexpected{errno_code(rc)};
+    if (auto ec = on.register_buffer_ring(br->_br, count, group)) {
+        return unexpected{ec};
     }
     br->_registered = true;
     io_uring_buf_ring_init(br->_br);
@@ -78,7 +74,7 @@ std::string buffer_ring::describe_error(std::error_code ec, unsigned count) {
 
 buffer_ring::~buffer_ring() {
     if (_registered) {
-        io_uring_unregister_buf_ring(&_on.raw(), _group);
+        _on.unregister_buffer_ring(_group);
     }
     if (_buffers) {
         munmap(_buffers, _buffer_bytes);

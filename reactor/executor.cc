@@ -1,9 +1,13 @@
 #include "reactor/executor.hh"
 
+#include "reactor/internal/epoll_ring.hh"
+#include "reactor/internal/uring_ring.hh"
+#include "reactor/owned_fd.hh"
 #include "reactor/probe.hh"
 
 #include <atomic>
 #include <cerrno>
+#include <cstdlib>
 #include <cstring>
 #include <ctime>
 #include <poll.h>
@@ -105,6 +109,12 @@ const char* to_string(backend_choice b) noexcept {
     return "?";
 }
 
+void internal::fd_closing(int fd) noexcept {
+    if (executor* ex = t_current; ex != nullptr && ex->uses_epoll()) {
+        ex->main_ring().forget_fd(fd);
+    }
+}
+
 const char* executor::backend_name() const noexcept { return _epoll ? "epoll" : "io_uring"; }
 
 void internal::report_unobserved(const std::exception_ptr& error) noexcept {
@@ -120,6 +130,72 @@ void internal::report_unobserved(const std::exception_ptr& error) noexcept {
 }
 
 executor::executor(const executor_config& cfg) : _cfg(cfg) {}
+
+std::optional<start_error> executor::start_io_uring(const expected<std::size_t>& memlock, bool& refused) {
+    // What RLIMIT_MEMLOCK holds goes to the rings first: a shard cannot run
+    // without them, and only runs slower with smaller rings or without
+    // io_memory. When three rings of the configured size would not fit the
+    // limit even alone, and the kernel charges rings to it (6.14+; 5.12 to
+    // 6.13 do not, and their rings must not shrink for nothing), every ring
+    // starts as small as a ring gets. Otherwise a ring that does not fit
+    // (other shards, and every other process of this user, share the limit)
+    // is made small, and so are the rings after it. A ring already created
+    // stays as it is: a destroyed ring's pages go back to the limit later,
+    // from a kernel worker (io_ring_exit_work), so a small ring created right
+    // after could still find them charged.
+    unsigned entries = _cfg.ring_entries;
+    if (memlock && entries > internal::memlock_fallback_entries &&
+        rings_per_executor * internal::uring_ring::estimate_locked_bytes(entries) > *memlock &&
+        internal::uring_ring::charges_rings(*memlock).value_or(false)) {
+        entries = internal::memlock_fallback_entries;
+    }
+    for (auto kind : {internal::ring_kind::main, internal::ring_kind::latency, internal::ring_kind::poll}) {
+        auto r = internal::uring_ring::create(kind, entries);
+        if (!r && r.error() == std::errc::not_enough_memory && entries > internal::memlock_fallback_entries) {
+            entries = internal::memlock_fallback_entries;
+            r = internal::uring_ring::create(kind, entries);
+        }
+        if (!r) {
+            std::string why = std::string("cannot create the ") + internal::to_string(kind) + " io_uring ring";
+            if (r.error() == std::errc::not_enough_memory) {
+                why += " of " + std::to_string(entries) + " entries (" +
+                       memlock_kib(internal::uring_ring::estimate_locked_bytes(entries)) +
+                       " locked): " + r.error().message() + "; RLIMIT_MEMLOCK is " +
+                       (memlock ? memlock_kib(*memlock) : std::string("unknown")) +
+                       ", shared by all shards and every process of this user, and without CAP_IPC_LOCK the kernel "
+                       "charges io_uring rings to it (Linux 6.14+). Each shard needs at least " +
+                       memlock_kib(rings_per_executor *
+                                   internal::uring_ring::estimate_locked_bytes(internal::memlock_fallback_entries)) +
+                       " of rings plus its receive buffer ring: " + memlock_raise_hint + ", or run fewer shards";
+            } else {
+                why += ": " + r.error().message();
+                if (const std::string reason = io_uring_refusal_reason(r.error()); !reason.empty()) {
+                    why += ": " + reason;
+                    refused = true;
+                }
+            }
+            return start_error{r.error(), why};
+        }
+        switch (kind) {
+        case internal::ring_kind::main: _main = std::move(*r); break;
+        case internal::ring_kind::latency: _latency = std::move(*r); break;
+        case internal::ring_kind::poll: _poll = std::move(*r); break;
+        }
+    }
+    // Every opcode the runtime uses, asked of the kernel rather than inferred
+    // from its version: distribution kernels backport, and seccomp or
+    // io_uring_disabled can take opcodes away.
+    auto probe = probe_opcodes(static_cast<internal::uring_ring&>(*_main).raw(), required_opcodes());
+    if (!probe) {
+        refused = true;
+        return start_error{probe.error(), "cannot probe io_uring opcodes: " + probe.error().message()};
+    }
+    if (!probe->ok()) {
+        refused = true;
+        return start_error{std::make_error_code(std::errc::function_not_supported), probe->message()};
+    }
+    return std::nullopt;
+}
 
 expected<std::unique_ptr<executor>, start_error> executor::create(const executor_config& cfg) {
     if (t_current != nullptr) {
@@ -139,64 +215,49 @@ expected<std::unique_ptr<executor>, start_error> executor::create(const executor
         }
         ex->_arena.emplace(std::move(*arena));
     }
-    // What RLIMIT_MEMLOCK holds goes to the rings first: a shard cannot run
-    // without them, and only runs slower with smaller rings or without
-    // io_memory. When three rings of the configured size would not fit the
-    // limit even alone, and the kernel charges rings to it (6.14+; 5.12 to
-    // 6.13 do not, and their rings must not shrink for nothing), every ring
-    // starts as small as a ring gets. Otherwise a ring that does not fit
-    // (other shards, and every other process of this user, share the limit)
-    // is made small, and so are the rings after it. A ring already created
-    // stays as it is: a destroyed ring's pages go back to the limit later,
-    // from a kernel worker (io_ring_exit_work), so a small ring created right
-    // after could still find them charged.
-    unsigned entries = cfg.ring_entries;
-    if (memlock && entries > internal::memlock_fallback_entries &&
-        rings_per_executor * internal::ring::estimate_locked_bytes(entries) > *memlock &&
-        internal::ring::charges_rings(*memlock).value_or(false)) {
-        entries = internal::memlock_fallback_entries;
-    }
-    for (auto kind : {internal::ring_kind::main, internal::ring_kind::latency, internal::ring_kind::poll}) {
-        auto r = internal::ring::create(kind, entries);
-        if (!r && r.error() == std::errc::not_enough_memory && entries > internal::memlock_fallback_entries) {
-            entries = internal::memlock_fallback_entries;
-            r = internal::ring::create(kind, entries);
-        }
-        if (!r) {
-            std::string why = std::string("cannot create the ") + internal::to_string(kind) + " io_uring ring";
-            if (r.error() == std::errc::not_enough_memory) {
-                why += " of " + std::to_string(entries) + " entries (" +
-                       memlock_kib(internal::ring::estimate_locked_bytes(entries)) +
-                       " locked): " + r.error().message() + "; RLIMIT_MEMLOCK is " +
-                       (memlock ? memlock_kib(*memlock) : std::string("unknown")) +
-                       ", shared by all shards and every process of this user, and without CAP_IPC_LOCK the kernel "
-                       "charges io_uring rings to it (Linux 6.14+). Each shard needs at least " +
-                       memlock_kib(rings_per_executor *
-                                   internal::ring::estimate_locked_bytes(internal::memlock_fallback_entries)) +
-                       " of rings plus its receive buffer ring: " + memlock_raise_hint + ", or run fewer shards";
-            } else {
-                why += ": " + r.error().message();
-                if (const std::string reason = io_uring_refusal_reason(r.error()); !reason.empty()) {
-                    why += ": " + reason;
-                }
+    backend_choice want = cfg.backend;
+    if (want == backend_choice::automatic) {
+        // For the test suite, which runs once per backend, and for trying
+        // epoll without editing a configuration.
+        if (const char* env = std::getenv("SHARDD_BACKEND"); env != nullptr && *env != '\0') {
+            if (std::strcmp(env, "io_uring") == 0) {
+                want = backend_choice::io_uring;
+            } else if (std::strcmp(env, "epoll") == 0) {
+                want = backend_choice::epoll;
+            } else if (std::strcmp(env, "auto") != 0) {
+                return unexpected{
+                    start_error{std::make_error_code(std::errc::invalid_argument),
+                                std::string("SHARDD_BACKEND is \"") + env + "\"; expected io_uring, epoll or auto"}};
             }
-            return unexpected{start_error{r.error(), why}};
-        }
-        switch (kind) {
-        case internal::ring_kind::main: ex->_main = std::move(*r); break;
-        case internal::ring_kind::latency: ex->_latency = std::move(*r); break;
-        case internal::ring_kind::poll: ex->_poll = std::move(*r); break;
         }
     }
-    // Every opcode the runtime uses, asked of the kernel rather than inferred
-    // from its version: distribution kernels backport, and seccomp or
-    // io_uring_disabled can take opcodes away.
-    auto probe = probe_opcodes(ex->_main->raw(), required_opcodes());
-    if (!probe) {
-        return unexpected{start_error{probe.error(), "cannot probe io_uring opcodes: " + probe.error().message()}};
+    if (want != backend_choice::epoll) {
+        bool refused = false;
+        if (auto failed = ex->start_io_uring(memlock, refused)) {
+            // Under `automatic`, io_uring refused by the kernel or a sandbox
+            // (EPERM, ENOSYS, a missing opcode) means epoll; a limit to raise
+            // (ENOMEM: RLIMIT_MEMLOCK) is still an error to fix.
+            if (want == backend_choice::io_uring || !refused) {
+                return unexpected{std::move(*failed)};
+            }
+            ex->_fallback_reason = std::move(failed->message);
+            ex->_poll.reset();
+            ex->_latency.reset();
+            ex->_main.reset();
+            want = backend_choice::epoll;
+            spdlog::debug("{}: io_uring is not usable ({}): epoll backend", cfg.name, ex->_fallback_reason);
+        }
     }
-    if (!probe->ok()) {
-        return unexpected{start_error{std::make_error_code(std::errc::function_not_supported), probe->message()}};
+    if (want == backend_choice::epoll) {
+        auto rings = internal::epoll_ring::create_set(cfg.ring_entries);
+        if (!rings) {
+            return unexpected{
+                start_error{rings.error(), "cannot create an epoll instance: " + rings.error().message()}};
+        }
+        ex->_main = std::move(rings->main);
+        ex->_latency = std::move(rings->latency);
+        ex->_poll = std::move(rings->poll);
+        ex->_epoll = true;
     }
     // Blocking on purpose: io_uring returns -EAGAIN for a read on an
     // O_NONBLOCK file instead of waiting for it to become readable.
@@ -205,8 +266,10 @@ expected<std::unique_ptr<executor>, start_error> executor::create(const executor
         return unexpected{start_error{errno_code(errno), std::string("eventfd: ") + std::strerror(errno)}};
     }
     std::error_code arena_error;
-    if (ex->_arena) {
-        io_uring* rings[] = {&ex->_main->raw(), &ex->_poll->raw()};
+    if (ex->_arena && !ex->_epoll) {
+        // epoll has no registered buffers: the arena serves as plain memory.
+        io_uring* rings[] = {&static_cast<internal::uring_ring&>(*ex->_main).raw(),
+                             &static_cast<internal::uring_ring&>(*ex->_poll).raw()};
         arena_error = ex->_arena->register_with(rings);
     }
     const bool small_rings = ex->_main->entries() < cfg.ring_entries || ex->_latency->entries() < cfg.ring_entries ||
@@ -371,28 +434,9 @@ void executor::arm_preempt_timer() {
 
 bool executor::poll_io() {
     unsigned n = 0;
+    // Latency first: on epoll its poll() is the loop's one epoll_wait.
     for (internal::ring* r : {_latency.get(), _main.get(), _poll.get()}) {
-        // An idle poll ring costs nothing: even peeking at an IOPOLL ring's
-        // CQ makes liburing enter the kernel to poll (2 syscalls per loop
-        // iteration instead of 1, measured with shardd-micro).
-        if (r == _poll.get() && r->in_flight() == 0 && r->pending_submissions() == 0) {
-            continue;
-        }
-        // The main ring with DEFER_TASKRUN posts completions only inside
-        // io_uring_enter: enter unless park()'s wait has just run them. On
-        // the COOP_TASKRUN|TASKRUN_FLAG fallback, enter when the flags say
-        // completion work is waiting: park() will not sleep while it is, so
-        // not entering here would spin until a timer tick ran it. The poll
-        // ring completes only while polled.
-        const bool must_enter =
-            r->pending_submissions() > 0 ||
-            (r == _main.get() &&
-             (((r->setup_flags() & IORING_SETUP_DEFER_TASKRUN) && !_main_fresh) || r->kernel_has_work())) ||
-            (r == _poll.get() && r->in_flight() > 0);
-        if (must_enter) {
-            r->submit();
-        }
-        n += r->reap();
+        n += r->poll(_main_fresh);
     }
     _main_fresh = false;
     bool did = n > 0;
@@ -497,7 +541,9 @@ void executor::park() {
         return;
     }
     arm_eventfd_read();
-    arm_latency_poll();
+    if (_latency->needs_wake_link()) {
+        arm_latency_poll();
+    }
     _latency->submit();
     _sleeping.exchange(1, std::memory_order_acq_rel);  // see wake()
     bool work = stop_requested() || need_preempt() || _main->has_work() || _active_count > 0;
@@ -564,9 +610,7 @@ void executor::drain_for_shutdown() {
         while (r->in_flight() > 0 && now_ns() < deadline) {
             r->submit();
             if (r->reap() == 0) {
-                __kernel_timespec ts{0, 1'000'000};
-                io_uring_cqe* cqe = nullptr;
-                io_uring_wait_cqe_timeout(&r->raw(), &cqe, &ts);
+                r->wait_for_completion(1ms);
             }
         }
         if (r->in_flight() > 0) {

@@ -204,6 +204,10 @@ private:
     void arm_eventfd_read();
     void arm_latency_poll();
     void drain_for_shutdown();
+    // Creates the three io_uring rings and probes their opcodes. `refused`:
+    // the failure means io_uring is not allowed or lacks an opcode here
+    // (what backend_choice::automatic answers with epoll).
+    std::optional<start_error> start_io_uring(const expected<std::size_t>& memlock, bool& refused);
 
     executor_config _cfg;
     // Before the rings: members are destroyed in reverse, and the rings must

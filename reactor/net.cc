@@ -105,23 +105,9 @@ std::error_code shutdown_socket(int fd, int how) {
 std::error_code close_socket(int fd) {
     executor* ex = executor::current();
     for (internal::ring* r : {&ex->latency_ring(), &ex->main_ring()}) {
-        // The synchronous cancel reaches only what the kernel holds. An
-        // operation on `fd` still in a deferred action (a multishot recv
-        // re-armed from its last CQE) or in the SQ would be submitted after
-        // the close, and fail with EBADF, or worse, land on the next socket
-        // given that number. Submit those first, so that they are cancelled.
-        r->run_deferred();
-        r->submit();
-        io_uring_sync_cancel_reg reg{};
-        reg.fd = fd;
-        reg.flags = IORING_ASYNC_CANCEL_FD | IORING_ASYNC_CANCEL_ALL;
-        reg.timeout.tv_sec = -1;  // no timeout: socket operations cancel at once
-        reg.timeout.tv_nsec = -1;
-        // 0 (cancelled) or -ENOENT (nothing pending) are the answers; the
-        // cancelled operations' CQEs are reaped by the loop as usual.
-        io_uring_register_sync_cancel(&r->raw(), &reg);
+        r->cancel_fd(fd);
     }
-    if (::close(fd) != 0) {
+    if (close_fd(fd) != 0) {
         return errno_code(errno);
     }
     return {};

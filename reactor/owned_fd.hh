@@ -4,7 +4,8 @@
 // The reactor hands out sockets as owned_fd (listen_socket, tcp_socket,
 // accept_stream), so that no exit path, an exception included, leaks one.
 //
-// Closing is close(2), synchronous: for a socket it only drops our
+// Closing is close(2), synchronous (and the epoll backend forgets the
+// descriptor's registration first, see ring::forget_fd()): for a socket it only drops our
 // descriptor (the kernel sends the FIN, or the RST with SO_LINGER 0, without
 // waiting). It is safe with io_uring operations still in flight on the
 // socket, which hold their own reference to it, but those keep the
@@ -15,6 +16,19 @@
 #include <utility>
 
 namespace shardd {
+
+namespace internal {
+// On the calling thread's executor, if it runs the epoll backend: `fd` is
+// about to be closed (executor.cc).
+void fd_closing(int fd) noexcept;
+}  // namespace internal
+
+// close(2), telling the backend first. For descriptors the reactor may have
+// waited on that are not held in an owned_fd.
+inline int close_fd(int fd) noexcept {
+    internal::fd_closing(fd);
+    return ::close(fd);
+}
 
 class owned_fd {
 public:
@@ -38,7 +52,7 @@ public:
     int release() noexcept { return std::exchange(_fd, -1); }
     void reset() noexcept {
         if (_fd >= 0) {
-            ::close(std::exchange(_fd, -1));
+            close_fd(std::exchange(_fd, -1));
         }
     }
 

@@ -112,6 +112,12 @@ TEST_CASE("a burst bigger than the ring's target gets every buffer of the pool, 
     CHECK(out.got == data);
     INFO("ring target " << target << " -> " << (*br)->ring_target() << ", -ENOBUFS " << (*br)->exhausted());
     CHECK(out.held > target);
-    CHECK((*br)->ring_target() > target);
+    if (!ex->uses_epoll()) {
+        // The kernel takes buffers faster than the loop refills them. The
+        // epoll backend takes at most a batch per turn (epoll_engine.cc's
+        // recv_batch) and the loop refills between turns: the ring need not
+        // grow there.
+        CHECK((*br)->ring_target() > target);
+    }
     CHECK((*br)->in_use() == 0);
 }

@@ -1,18 +1,29 @@
 #pragma once
-// One io_uring instance, set up with the best flags the kernel accepts.
+// The backend seam: a ring of operations, described as io_uring SQEs and
+// answered as io_uring CQEs.
 //
-// This header and ring.cc are where liburing lives; the rest of the reactor
-// asks a ring for SQEs and hands CQEs to `completion`s. An epoll backend would
-// replace this seam, not the executor or the network API.
+// The rest of the reactor asks a ring for SQEs, fills them with liburing's
+// io_uring_prep_* helpers, and hands CQEs to `completion`s. Two backends
+// implement that contract (in the spirit of Seastar's reactor_backend):
+//
+//   uring_ring.cc  io_uring itself: the SQEs go to the kernel.
+//   epoll_ring.cc  epoll(7) and non-blocking system calls: the SQEs are
+//                  interpreted in user space, for where io_uring is denied
+//                  (seccomp, kernel.io_uring_disabled, gVisor). It runs the
+//                  15 opcodes the reactor issues, and answers any other one
+//                  with -EINVAL.
+//
+// So io_op, the streams and everything above them never know which backend
+// they run on. An executor's three rings are of one backend.
 
 #include "reactor/completion.hh"
 #include "reactor/expected.hh"
 
-#include <atomic>
+#include <chrono>
+#include <cstdint>
 #include <liburing.h>
-#include <memory>
-#include <optional>
 #include <string>
+#include <system_error>
 
 namespace shardd::internal {
 
@@ -38,83 +49,79 @@ enum class ring_kind {
 
 const char* to_string(ring_kind kind);
 
-// SQ entries of the rings an executor falls back to when RLIMIT_MEMLOCK cannot
-// hold rings of the configured size. Since 6.14 the kernel charges a ring's
-// memory to that limit (see locked_bytes()), and no ring locks less than two
-// pages: one for the SQ/CQ region, one for the SQE array. 32 is the largest
-// ring, CQ included (4x), that still fits those two 4 KiB pages (measured on
-// 6.18: 8, 16 and 32 entries lock 8 KiB, 64 lock 12 KiB, 1024 lock 136 KiB).
-inline constexpr unsigned memlock_fallback_entries = 32;
-
 class ring {
 public:
-    // Tries the flag sets for `kind` in order (see ring.cc) and keeps the
-    // first the kernel accepts. EINVAL moves on to the next set; any other
-    // error (ENOMEM, EPERM when io_uring is disabled) is returned.
-    // `first_candidate` skips the best sets (tests use it to exercise the
-    // fallbacks on a kernel that supports everything).
-    static expected<std::unique_ptr<ring>> create(ring_kind kind, unsigned entries, unsigned first_candidate = 0);
-    // How many flag sets create() can try for `kind`.
-    static unsigned candidate_count(ring_kind kind);
-    ~ring();
+    virtual ~ring() = default;
     ring(const ring&) = delete;
     ring& operator=(const ring&) = delete;
 
     ring_kind kind() const noexcept { return _kind; }
-    int fd() const noexcept { return _ring.ring_fd; }
-    io_uring& raw() noexcept { return _ring; }
-    unsigned setup_flags() const noexcept { return _ring.flags; }
-    // "SINGLE_ISSUER|DEFER_TASKRUN", "COOP_TASKRUN|TASKRUN_FLAG", "IOPOLL", "none".
-    std::string describe_flags() const;
-    bool ring_fd_registered() const noexcept { return _ring_fd_registered; }
-    unsigned entries() const noexcept { return _ring.sq.ring_entries; }
-
-    // Bytes of RLIMIT_MEMLOCK this ring counts for when its creator lacks
-    // CAP_IPC_LOCK: its SQ/CQ region and its SQE array, each rounded up to
-    // whole pages. Charged since 6.14 ("io_uring: use region api for SQ/CQ":
-    // io_create_region() calls __io_account_mem()); 5.12 to 6.13 charged
-    // rings to the memory cgroup instead. Registering the ring fd (5.18)
-    // charges nothing.
-    std::size_t locked_bytes() const noexcept;
-    // The same for a ring of `entries` SQ entries, sized as create() sizes
-    // it, with this kernel's ring layout.
-    std::size_t locked_bytes_for(unsigned entries) const noexcept;
-    // The same before any ring exists, assuming 6.18's layout (see ring.cc).
-    static std::size_t estimate_locked_bytes(unsigned entries) noexcept;
-    // Whether this kernel charges ring memory to RLIMIT_MEMLOCK for this
-    // thread, whose limit is `limit` bytes: sets up a ring that locks more
-    // than that, which fails with ENOMEM exactly when it is charged (6.14+,
-    // no CAP_IPC_LOCK), and tears it down. nullopt when it cannot tell: the
-    // limit is beyond what one ring locks, or set-up failed otherwise.
-    static std::optional<bool> charges_rings(std::size_t limit);
+    // "io_uring" or "epoll".
+    virtual const char* backend() const noexcept = 0;
+    // io_uring: the ring's fd. epoll: the shard's epoll instance.
+    virtual int fd() const noexcept = 0;
+    // io_uring: the setup flags ("SINGLE_ISSUER|DEFER_TASKRUN", "none").
+    // epoll: "epoll".
+    virtual std::string describe_flags() const = 0;
+    // io_uring's IORING_SETUP_* flags; 0 on epoll.
+    virtual unsigned setup_flags() const noexcept { return 0; }
+    // SQ entries.
+    virtual unsigned entries() const noexcept = 0;
+    // Bytes of RLIMIT_MEMLOCK the ring counts for (uring_ring.hh says when);
+    // nothing on epoll.
+    virtual std::size_t locked_bytes() const noexcept { return 0; }
+    virtual std::size_t locked_bytes_for(unsigned /*entries*/) const noexcept { return 0; }
 
     // An SQE, submitting first when the queue is full. `need` > 1 asks for
     // that many consecutive free slots (an operation and its linked timeout
     // must not be split by a submit).
-    io_uring_sqe* get_sqe(unsigned need = 1);
+    virtual io_uring_sqe* get_sqe(unsigned need = 1) = 0;
     // Prepares the user_data and counts the operation as in flight.
     void track(io_uring_sqe* sqe, completion* c) noexcept {
         io_uring_sqe_set_data(sqe, c);
         ++_in_flight;
     }
-    unsigned pending_submissions() const noexcept { return io_uring_sq_ready(&_ring); }
+    virtual unsigned pending_submissions() const noexcept = 0;
     // Operations submitted (or queued) whose final CQE has not been reaped.
     std::size_t in_flight() const noexcept { return _in_flight; }
 
-    // Submits what is queued. With DEFER_TASKRUN this also runs the deferred
-    // completions, so that reap() sees them. Returns -errno on failure.
-    int submit();
-    // Submits and blocks until at least one CQE is ready.
-    int submit_and_wait();
-
+    // Submits what is queued. Returns -errno on failure.
+    virtual int submit() = 0;
+    // Submits and blocks until at least one CQE is ready on this ring (on
+    // epoll: on any ring of the executor).
+    virtual int submit_and_wait() = 0;
+    // One pass of the executor loop over this ring: submits what is queued,
+    // collects what completed, and hands it to its completions; returns how
+    // many CQEs. `fresh`: the executor's last call was submit_and_wait() on
+    // its main ring (or a poll() that found work while spinning), and
+    // nothing ran since, so completions need not be collected again.
+    virtual unsigned poll(bool fresh) = 0;
     // Hands every ready CQE to its completion; returns how many.
-    unsigned reap();
+    virtual unsigned reap() = 0;
+    // Shutdown only: waits up to `d` for a CQE.
+    virtual void wait_for_completion(std::chrono::nanoseconds d) = 0;
+    // Whether a thread asleep in the main ring's submit_and_wait() misses
+    // this ring's completions unless the main ring polls this ring's fd
+    // (io_uring: each ring is its own queue), or one wait covers every ring
+    // of the executor (epoll).
+    virtual bool needs_wake_link() const noexcept = 0;
+
+    // A provided-buffer ring (buffer_ring.hh): `br` of `entries` buffers,
+    // for receives that name `group`.
+    virtual std::error_code register_buffer_ring(io_uring_buf_ring* br, unsigned entries, std::uint16_t group) = 0;
+    virtual void unregister_buffer_ring(std::uint16_t group) noexcept = 0;
+    // Cancels every operation on `fd` now (close_socket()); their CQEs
+    // (-ECANCELED) are reaped as usual. Runs the deferred actions and
+    // submits first, so that nothing on `fd` is still queued.
+    virtual void cancel_fd(int fd) noexcept = 0;
+    // `fd` is being closed: a backend that keeps state per descriptor
+    // (epoll's registrations) forgets it, so that the next file given that
+    // number starts clean. io_uring needs nothing.
+    virtual void forget_fd(int /*fd*/) noexcept {}
 
     // Counters, for stats (read on the ring's own thread; a shard publishes
-    // them for other threads). enters() counts the io_uring_enter(2) calls
-    // submit() and submit_and_wait() make: liburing enters on a submit only
-    // when there is something to submit, except with GETEVENTS (DEFER_TASKRUN
-    // and IOPOLL rings, and a wait with no CQE ready), which always enters.
+    // them for other threads). enters(): system calls made to submit or
+    // wait (io_uring_enter(2); epoll_wait(2) on epoll).
     std::uint64_t enters() const noexcept { return _enters; }
     std::uint64_t cqes_reaped() const noexcept { return _cqes_reaped; }
 
@@ -133,36 +140,43 @@ public:
     // turn; returns whether there were any.
     bool run_deferred(bool discard = false) noexcept;
 
-    // True when a CQE is ready, or (COOP_TASKRUN|TASKRUN_FLAG rings) when the
-    // kernel has completions waiting to be run. Two loads, no syscall: this is
+    // True when a CQE is ready; on io_uring's COOP_TASKRUN|TASKRUN_FLAG
+    // rings also when the kernel has completions waiting to be run; on epoll
+    // also when one of this ring's timers is due. Two loads and no system
+    // call while no epoll timer is pending on the ring: this is
     // need_preempt().
     bool has_work() const noexcept {
-        const unsigned head = *_ring.cq.khead;
-        const unsigned tail = io_uring_smp_load_acquire(_ring.cq.ktail);
-        if (head != tail) {
+        if (*_cq_head != io_uring_smp_load_acquire(_cq_tail)) {
             return true;
         }
-        return kernel_has_work();
+        if (_kflags && (io_uring_smp_load_acquire(_kflags) & (IORING_SQ_TASKRUN | IORING_SQ_CQ_OVERFLOW))) {
+            return true;
+        }
+        return _next_deadline != no_deadline && deadline_passed();
     }
 
-    // TASKRUN_FLAG rings only (always false elsewhere): the kernel holds
-    // completion work that only a syscall runs or flushes, i.e. task work
-    // (IORING_SQ_TASKRUN) or CQEs that overflowed the CQ.
-    bool kernel_has_work() const noexcept {
-        return (_ring.flags & IORING_SETUP_TASKRUN_FLAG) &&
-               (io_uring_smp_load_acquire(_ring.sq.kflags) & (IORING_SQ_TASKRUN | IORING_SQ_CQ_OVERFLOW));
-    }
+protected:
+    explicit ring(ring_kind kind) noexcept : _kind(kind) {}
 
-private:
-    explicit ring(ring_kind kind) : _kind(kind) {}
+    static constexpr std::uint64_t no_deadline = UINT64_MAX;
+    // CLOCK_MONOTONIC has reached _next_deadline (one vDSO clock read).
+    bool deadline_passed() const noexcept;
 
     ring_kind _kind;
-    io_uring _ring{};
-    bool _ring_fd_registered = false;
+    // What has_work() reads: the CQ's head and tail, io_uring's SQ flags
+    // (set only for TASKRUN_FLAG rings), and the earliest epoll timer of
+    // this ring in CLOCK_MONOTONIC nanoseconds.
+    const unsigned* _cq_head = nullptr;
+    const unsigned* _cq_tail = nullptr;
+    const unsigned* _kflags = nullptr;
+    std::uint64_t _next_deadline = no_deadline;
+
     bool _reaping = false;  // inside a completion callback
     std::size_t _in_flight = 0;
     std::uint64_t _enters = 0;
     std::uint64_t _cqes_reaped = 0;
+
+private:
     deferred_action* _deferred_head = nullptr;
     deferred_action* _deferred_tail = nullptr;
 };
