@@ -63,6 +63,8 @@ TEST_CASE("--check reports bad configs with exit 78 and file:line:col", "[cli]")
                       ":2:20: runtime.shutdown_timeout: expected a duration like \"10s\""},
              bad_case{"bad address", "[[listener]]\nname = \"l\"\nlisten = \"300.1.1.1:80\"\nmode = \"echo\"\n",
                       ":3:10: listener[0].listen: expected an IPv4 address"},
+             bad_case{"bad backend", "[runtime]\nbackend = \"kqueue\"\n" + listener,
+                      ":2:11: runtime.backend: expected \"auto\", \"io_uring\" or \"epoll\", found \"kqueue\"\n"},
              bad_case{"syntax error", "[runtime\n" + listener, ":1:9: TOML syntax error"},
              bad_case{"idle timeout that would spin", listener + "idle_timeout = \"1us\"\n",
                       ":5:16: listener[0].idle_timeout: expected \"0s\" (off) or a duration from 10ms to 24h, found "
