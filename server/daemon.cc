@@ -404,6 +404,7 @@ int run_daemon(config::config cfg, const cpu_set& cpus, const daemon_options& op
         src.reactors = &reactors;
         src.phase = &phase;
         src.started = process_start;
+        src.backend = backend.name;
         src.ring_flags = backend.ring_flags;
         src.shard_cpus = cpus;
         auto a = admin::admin_server::start(*boot->admin.listen, src);
