@@ -12,6 +12,7 @@
 
 #include "reactor/executor_pool.hh"
 #include "reactor/io.hh"
+#include "reactor/probe.hh"
 
 #include <algorithm>
 #include <cerrno>
@@ -25,6 +26,7 @@
 #include <poll.h>
 #include <pthread.h>
 #include <spdlog/spdlog.h>
+#include <string_view>
 #include <sys/eventfd.h>
 #include <sys/resource.h>
 #include <sys/signalfd.h>
@@ -277,6 +279,37 @@ void log_counters(const std::vector<shard_counters>& counters) {
 }
 
 }  // namespace
+
+std::string backend_forecast(config::io_backend wanted) {
+    const std::string asked = "runtime.backend = \"" + std::string(config::to_string(wanted)) + "\"";
+    if (wanted == config::io_backend::epoll) {
+        return "backend: epoll (" + asked + ")";
+    }
+    std::string why = asked;
+    bool io_uring_only = wanted == config::io_backend::io_uring;
+    if (wanted == config::io_backend::automatic) {
+        // The reactor's override of "auto" (reactor/executor.hh), so that
+        // --check tells what the daemon would do in the same environment.
+        const char* env = std::getenv("SHARDD_BACKEND");
+        const std::string_view over = env ? env : "";
+        if (over == "epoll") {
+            return "backend: epoll (" + asked + ", overridden by SHARDD_BACKEND=epoll)";
+        }
+        if (over == "io_uring") {
+            why += ", overridden by SHARDD_BACKEND=io_uring";
+            io_uring_only = true;
+        }
+    }
+    const auto unusable = io_uring_unusable_reason();
+    if (!unusable) {
+        return "backend: io_uring (" + why + "; io_uring is usable here)";
+    }
+    if (io_uring_only) {
+        return "backend: none, shardd would not start here (" + why +
+               ", and io_uring is not usable here: " + *unusable + ")";
+    }
+    return "backend: epoll (" + why + "; io_uring is not usable here: " + *unusable + ")";
+}
 
 int run_daemon(config::config cfg, const cpu_set& cpus, const daemon_options& opts) {
     const auto process_start = std::chrono::system_clock::now();
