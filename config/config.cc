@@ -28,5 +28,6 @@ std::string_view to_string(listener_mode v) { return name_of(mode_names, v); }
 std::string_view to_string(echo_protocol v) { return name_of(protocol_names, v); }
 std::string_view to_string(balance_policy v) { return name_of(balance_names, v); }
 std::string_view to_string(proxy_protocol_version v) { return name_of(proxy_protocol_names, v); }
+std::string_view to_string(io_backend v) { return name_of(backend_names, v); }
 
 }  // namespace shardd::config

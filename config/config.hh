@@ -28,11 +28,21 @@ enum class echo_protocol { raw, sockperf };
 enum class balance_policy { round_robin, least_conn, random_two, source_hash };
 // The PROXY protocol header (HAProxy's spec) sent to an upstream server.
 enum class proxy_protocol_version { none, v1, v2 };
+// The shards' I/O backend (runtime.backend); server/daemon.cc maps it to the
+// reactor's backend_choice, which config/ does not include (it would pull in
+// liburing).
+enum class io_backend { automatic, io_uring, epoll };
 
 struct runtime_config {
     // Empty means "all": every CPU in sched_getaffinity(0) at start-up.
     bool all_cpus = true;
     cpu_set cpus;
+    // "auto": io_uring where the kernel and sandbox allow it, else epoll with
+    // one warning. Auto by default so that the same file runs in a container
+    // whose seccomp profile denies io_uring (Docker's default) instead of
+    // failing to start there; "io_uring" is for hosts that must not run
+    // slower without saying so, and refuses to start instead.
+    io_backend backend = io_backend::automatic;
     // Registered fixed-buffer arena per shard. 4 MiB is locked memory per
     // shard; small enough for a default RLIMIT_MEMLOCK of 8 MiB on one or two
     // shards, large enough for a few hundred in-flight fixed-buffer ops.
@@ -213,6 +223,7 @@ std::string_view to_string(listener_mode);
 std::string_view to_string(echo_protocol);
 std::string_view to_string(balance_policy);
 std::string_view to_string(proxy_protocol_version);
+std::string_view to_string(io_backend);
 
 // The CPUs the shards run on: runtime.cpus resolved against the allowed set.
 cpu_set effective_cpus(const config& cfg, const cpu_set& allowed);

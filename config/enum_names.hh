@@ -49,6 +49,12 @@ inline constexpr std::array proxy_protocol_names{
     enum_name<proxy_protocol_version>{"v2", proxy_protocol_version::v2},
 };
 
+inline constexpr std::array backend_names{
+    enum_name<io_backend>{"auto", io_backend::automatic},
+    enum_name<io_backend>{"io_uring", io_backend::io_uring},
+    enum_name<io_backend>{"epoll", io_backend::epoll},
+};
+
 template <typename E, std::size_t N>
 std::string_view name_of(const std::array<enum_name<E>, N>& names, E value) {
     for (const auto& n : names) {

@@ -88,6 +88,7 @@ std::string to_toml(const config& cfg) {
     const auto& rt = cfg.runtime;
     os << "[runtime]\n"
        << "cpus = " << quoted(rt.all_cpus ? "all" : rt.cpus.to_string()) << "\n"
+       << "backend = " << quoted(to_string(rt.backend)) << "\n"
        << "io_memory = " << quoted(format_size(rt.io_memory)) << "\n"
        << "ring_entries = " << rt.ring_entries << "\n"
        << "spin_before_park = " << quoted(format_duration(rt.spin_before_park)) << "\n"

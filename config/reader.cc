@@ -56,6 +56,7 @@ void reader::read_runtime(const toml::table& t, const overrides& over, runtime_c
             }
         }
     }
+    read_enum(t, "runtime", "backend", rt.backend, backend_names);
     read_size(t, "runtime", "io_memory", rt.io_memory, min_io_memory, max_io_memory);
     read_integer(t, "runtime", "ring_entries", rt.ring_entries, min_ring_entries, max_ring_entries, true);
     read_duration(t, "runtime", "spin_before_park", rt.spin_before_park, 0s, 1s);

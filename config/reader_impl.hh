@@ -24,9 +24,8 @@ using namespace std::string_view_literals;
 // Known keys per table, for the unknown-key check and its suggestions.
 inline constexpr std::array top_keys{"runtime"sv, "log"sv, "admin"sv, "access_log"sv, "listener"sv, "upstream"sv};
 inline constexpr std::array runtime_keys{
-    "cpus"sv,          "io_memory"sv,       "ring_entries"sv,     "spin_before_park"sv,
-    "preempt_timer"sv, "stall_threshold"sv, "shutdown_timeout"sv, "recv_buffer_size"sv,
-    "recv_buffers"sv};
+    "cpus"sv,          "backend"sv,         "io_memory"sv,        "ring_entries"sv,     "spin_before_park"sv,
+    "preempt_timer"sv, "stall_threshold"sv, "shutdown_timeout"sv, "recv_buffer_size"sv, "recv_buffers"sv};
 inline constexpr std::array log_keys{"level"sv, "format"sv};
 inline constexpr std::array admin_keys{"listen"sv};
 inline constexpr std::array access_log_keys{"path"sv, "format"sv};

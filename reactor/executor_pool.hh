@@ -32,6 +32,10 @@ public:
         _cfg.name = std::move(n);
         return *this;
     }
+    executor_builder& backend(backend_choice b) {
+        _cfg.backend = b;
+        return *this;
+    }
     executor_builder& io_memory(std::size_t bytes) {
         _cfg.io_memory = bytes;
         return *this;

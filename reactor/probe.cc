@@ -282,6 +282,31 @@ expected<probe_report> probe_opcodes(std::span<const int> wanted) {
     return report;
 }
 
+std::optional<std::string> io_uring_unusable_reason() {
+    // Set up here rather than through probe_opcodes(wanted), whose one errno
+    // cannot tell a refused set-up from a kernel without
+    // IORING_REGISTER_PROBE.
+    io_uring ring;
+    if (int rc = io_uring_queue_init(2, &ring, 0); rc < 0) {
+        const std::error_code ec = errno_code(rc);
+        const std::string reason = io_uring_refusal_reason(ec);
+        return reason.empty() ? "io_uring_setup failed: " + ec.message() : reason;
+    }
+    auto report = probe_opcodes(ring, required_opcodes());
+    io_uring_queue_exit(&ring);
+    if (!report) {
+        if (report.error() == std::errc::invalid_argument) {
+            return "this kernel's io_uring has no IORING_REGISTER_PROBE (Linux 5.6+); this kernel is " +
+                   kernel_release();
+        }
+        return "cannot probe io_uring opcodes: " + report.error().message();
+    }
+    if (!report->ok()) {
+        return report->message();
+    }
+    return std::nullopt;
+}
+
 namespace {
 // An enum class can still hold any integer cast into it: answer "" for those
 // rather than read past the table.

@@ -11,6 +11,7 @@
 #include "reactor/expected.hh"
 
 #include <cstddef>
+#include <optional>
 #include <span>
 #include <string>
 #include <string_view>
@@ -75,6 +76,13 @@ std::string kernel_release();
 //   ENOSYS: no io_uring in this kernel or sandbox (gVisor, kernels built
 //     without CONFIG_IO_URING).
 std::string io_uring_refusal_reason(const std::error_code& ec);
+
+// Whether an executor could run on io_uring in this process: nullopt when a
+// ring sets up and has every required_opcodes(), else a sentence saying why
+// not (io_uring_refusal_reason(), a probe_report's message(), or the errno).
+// For `shardd --check`, which reports the backend that would run without
+// starting one: a two-entry ring, set up and torn down here.
+std::optional<std::string> io_uring_unusable_reason();
 
 // What the runtime uses that no opcode probe can tell: flags and register
 // calls. The ring set-up code finds out by trying each one (a kernel refuses a

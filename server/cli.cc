@@ -18,7 +18,8 @@ expected<cli_options, int> parse_cli(int argc, char** argv) {
                    std::string("configuration file (default ") + default_config_path + ")")
         ->option_text("FILE");
     app.add_flag("--check", opts.check,
-                 "validate the configuration, print 'configuration OK' or the errors, bind nothing");
+                 "validate the configuration, print 'configuration OK' and the backend that would run here, or "
+                 "the errors; bind nothing");
     app.add_flag("--print-config", opts.print_config, "print the effective configuration as TOML and exit");
     std::string cpus;
     auto* cpus_opt =

@@ -12,6 +12,7 @@
 
 #include "reactor/executor_pool.hh"
 #include "reactor/io.hh"
+#include "reactor/probe.hh"
 
 #include <algorithm>
 #include <cerrno>
@@ -25,6 +26,7 @@
 #include <poll.h>
 #include <pthread.h>
 #include <spdlog/spdlog.h>
+#include <string_view>
 #include <sys/eventfd.h>
 #include <sys/resource.h>
 #include <sys/signalfd.h>
@@ -52,11 +54,17 @@ constexpr std::chrono::nanoseconds stop_watchdog = 5s;
 task<void> shard_main(shard_plan plan) {
     set_thread_label("shard " + std::to_string(plan.id));
     executor* ex = executor::current();
-    spdlog::info("started on CPU {}; rings: main {}, latency {}, poll {}", sched_getcpu(),
-                 ex->main_ring().describe_flags(), ex->latency_ring().describe_flags(),
-                 ex->poll_ring().describe_flags());
-    if (plan.ring_flags) {
-        *plan.ring_flags = ex->main_ring().describe_flags();
+    if (ex->uses_epoll()) {
+        spdlog::info("started on CPU {}; backend epoll", sched_getcpu());
+    } else {
+        spdlog::info("started on CPU {}; backend io_uring, rings: main {}, latency {}, poll {}", sched_getcpu(),
+                     ex->main_ring().describe_flags(), ex->latency_ring().describe_flags(),
+                     ex->poll_ring().describe_flags());
+    }
+    if (plan.backend) {
+        plan.backend->name = ex->backend_name();
+        plan.backend->fallback_reason = ex->fallback_reason();
+        plan.backend->ring_flags = ex->uses_epoll() ? "" : ex->main_ring().describe_flags();
     }
     struct on_stop {
         ~on_stop() { spdlog::info("stopped"); }
@@ -79,9 +87,19 @@ void raise_fd_limit() {
     }
 }
 
+backend_choice backend_of(config::io_backend b) {
+    switch (b) {
+    case config::io_backend::automatic: return backend_choice::automatic;
+    case config::io_backend::io_uring: return backend_choice::io_uring;
+    case config::io_backend::epoll: return backend_choice::epoll;
+    }
+    return backend_choice::automatic;
+}
+
 executor_builder builder_from(const config::runtime_config& rt) {
     return executor_builder()
         .name("shardd")
+        .backend(backend_of(rt.backend))
         .io_memory(rt.io_memory)
         .ring_entries(rt.ring_entries)
         .spin_before_park(rt.spin_before_park)
@@ -93,12 +111,12 @@ void log_settings(const config::config& cfg, const cpu_set& cpus, const std::str
     spdlog::info("shardd {} starting: config {}, {} shard{} on CPU{} {}", SHARDD_VERSION, path, cpus.size(),
                  cpus.size() == 1 ? "" : "s", cpus.size() == 1 ? "" : "s", cpus.to_string());
     const auto& rt = cfg.runtime;
-    spdlog::info("runtime: io_memory {}, ring_entries {}, spin_before_park {}, preempt_timer {}, "
+    spdlog::info("runtime: backend {}, io_memory {}, ring_entries {}, spin_before_park {}, preempt_timer {}, "
                  "stall_threshold {}, shutdown_timeout {}, recv buffers {} x {}",
-                 config::format_size(rt.io_memory), rt.ring_entries, config::format_duration(rt.spin_before_park),
-                 config::format_duration(rt.preempt_timer), config::format_duration(rt.stall_threshold),
-                 config::format_duration(rt.shutdown_timeout), rt.recv_buffers,
-                 config::format_size(rt.recv_buffer_size));
+                 config::to_string(rt.backend), config::format_size(rt.io_memory), rt.ring_entries,
+                 config::format_duration(rt.spin_before_park), config::format_duration(rt.preempt_timer),
+                 config::format_duration(rt.stall_threshold), config::format_duration(rt.shutdown_timeout),
+                 rt.recv_buffers, config::format_size(rt.recv_buffer_size));
     for (const auto& l : cfg.listeners) {
         std::string addrs;
         for (const auto& a : l.listen) {
@@ -262,6 +280,37 @@ void log_counters(const std::vector<shard_counters>& counters) {
 
 }  // namespace
 
+std::string backend_forecast(config::io_backend wanted) {
+    const std::string asked = "runtime.backend = \"" + std::string(config::to_string(wanted)) + "\"";
+    if (wanted == config::io_backend::epoll) {
+        return "backend: epoll (" + asked + ")";
+    }
+    std::string why = asked;
+    bool io_uring_only = wanted == config::io_backend::io_uring;
+    if (wanted == config::io_backend::automatic) {
+        // The reactor's override of "auto" (reactor/executor.hh), so that
+        // --check tells what the daemon would do in the same environment.
+        const char* env = std::getenv("SHARDD_BACKEND");
+        const std::string_view over = env ? env : "";
+        if (over == "epoll") {
+            return "backend: epoll (" + asked + ", overridden by SHARDD_BACKEND=epoll)";
+        }
+        if (over == "io_uring") {
+            why += ", overridden by SHARDD_BACKEND=io_uring";
+            io_uring_only = true;
+        }
+    }
+    const auto unusable = io_uring_unusable_reason();
+    if (!unusable) {
+        return "backend: io_uring (" + why + "; io_uring is usable here)";
+    }
+    if (io_uring_only) {
+        return "backend: none, shardd would not start here (" + why +
+               ", and io_uring is not usable here: " + *unusable + ")";
+    }
+    return "backend: epoll (" + why + "; io_uring is not usable here: " + *unusable + ")";
+}
+
 int run_daemon(config::config cfg, const cpu_set& cpus, const daemon_options& opts) {
     const auto process_start = std::chrono::system_clock::now();
     log_settings(cfg, cpus, opts.config_path);
@@ -335,7 +384,7 @@ int run_daemon(config::config cfg, const cpu_set& cpus, const daemon_options& op
     std::vector<shard_counters> counters(shards);
     std::vector<shard_heartbeat> heartbeats(shards);
     std::vector<reactor_stats> reactors(shards);
-    std::string ring_flags;
+    shard_backend backend;
     std::atomic<admin::daemon_phase> phase{admin::daemon_phase::starting};
     std::vector<std::string> errors(shards);
     std::latch shards_up(static_cast<std::ptrdiff_t>(shards));
@@ -352,7 +401,7 @@ int run_daemon(config::config cfg, const cpu_set& cpus, const daemon_options& op
         plan.error = &errors[id];
         plan.heartbeat = &heartbeats[id];
         plan.reactor = &reactors[id];
-        plan.ring_flags = id == 0 ? &ring_flags : nullptr;
+        plan.backend = id == 0 ? &backend : nullptr;
         plan.access_log_fd = access_fds[id];
         plan.access_log_format = boot->access_log.format;
         plan.access_reopen = &access_reopen[id];
@@ -370,6 +419,13 @@ int run_daemon(config::config cfg, const cpu_set& cpus, const daemon_options& op
             return exit_failure;
         }
     }
+    // Once for the process, not per shard: every shard fell back for the
+    // same reason.
+    if (!backend.fallback_reason.empty()) {
+        spdlog::warn("io_uring is not usable here ({}): running on the epoll backend (runtime.backend = \"auto\"); "
+                     "set runtime.backend = \"io_uring\" to refuse to start instead",
+                     backend.fallback_reason);
+    }
     // The admin endpoint, before READY: a service manager or orchestrator
     // that probes it once told "ready" finds it there.
     std::unique_ptr<admin::admin_server> admin_endpoint;
@@ -381,7 +437,8 @@ int run_daemon(config::config cfg, const cpu_set& cpus, const daemon_options& op
         src.reactors = &reactors;
         src.phase = &phase;
         src.started = process_start;
-        src.ring_flags = ring_flags;
+        src.backend = backend.name;
+        src.ring_flags = backend.ring_flags;
         src.shard_cpus = cpus;
         auto a = admin::admin_server::start(*boot->admin.listen, src);
         if (!a) {
@@ -403,7 +460,7 @@ int run_daemon(config::config cfg, const cpu_set& cpus, const daemon_options& op
     }
 
     phase = admin::daemon_phase::ready;
-    spdlog::info("ready: {} shard{} running", (*pool)->size(), (*pool)->size() == 1 ? "" : "s");
+    spdlog::info("ready: {} shard{} running on {}", (*pool)->size(), (*pool)->size() == 1 ? "" : "s", backend.name);
     sd_notify("READY=1\nSTATUS=serving on " + std::to_string((*pool)->size()) +
               " shards\nMAINPID=" + std::to_string(getpid()));
 

@@ -34,8 +34,11 @@ int main(int argc, char** argv) {
         std::cout << config::to_toml(*loaded.cfg);
     }
     if (cli->check) {
-        // With --print-config, stdout stays pure TOML.
-        (cli->print_config ? std::cerr : std::cout) << "configuration OK\n";
+        // With --print-config, stdout stays pure TOML. The backend line does
+        // not change the exit status: the file is valid, and a --check run in
+        // a build container may well have no io_uring where the daemon will.
+        (cli->print_config ? std::cerr : std::cout) << "configuration OK\n"
+                                                    << server::backend_forecast(loaded.cfg->runtime.backend) << "\n";
     }
     if (cli->check || cli->print_config) {
         return server::exit_ok;

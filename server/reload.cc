@@ -72,6 +72,7 @@ std::vector<std::string> restart_only_changes(const config::config& running, con
         }
     };
     check(a.all_cpus == b.all_cpus && a.cpus == b.cpus, "runtime.cpus");
+    check(a.backend == b.backend, "runtime.backend");
     check(a.io_memory == b.io_memory, "runtime.io_memory");
     check(a.ring_entries == b.ring_entries, "runtime.ring_entries");
     check(a.spin_before_park == b.spin_before_park, "runtime.spin_before_park");

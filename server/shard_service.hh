@@ -23,6 +23,16 @@
 
 namespace shardd::server {
 
+// What a shard's executor runs on, for the start log and the admin
+// endpoint. Shard 0's answer stands for every shard: what runtime.backend =
+// "auto" picks depends on the kernel and the sandbox, which all the shards of
+// a process share.
+struct shard_backend {
+    std::string name;             // "io_uring" or "epoll"
+    std::string fallback_reason;  // why "auto" chose epoll; "" when it did not
+    std::string ring_flags;       // the main ring's set-up flags; "" on epoll
+};
+
 struct shard_plan {
     unsigned id = 0;
     const config::runtime_config* runtime = nullptr;  // alive until the pool stops
@@ -47,8 +57,8 @@ struct shard_plan {
     int access_log_fd = -1;
     config::log_format access_log_format = config::log_format::text;
     access_log_reopen* access_reopen = nullptr;
-    // Shard 0 writes its main ring's flags here before it counts `up` down.
-    std::string* ring_flags = nullptr;
+    // Shard 0 says here what it runs on before it counts `up` down.
+    shard_backend* backend = nullptr;
 };
 
 // Serves until drained. Returns when every connection has closed (or was

@@ -11,6 +11,7 @@
 
 #include <catch2/catch.hpp>
 #include <csignal>
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <poll.h>
@@ -108,6 +109,13 @@ std::string parsed_samples(const std::string& body) {
     return r.out;
 }
 
+// The backend shardd runs on in this test's environment: io_uring, which
+// the suite needs, unless the run asks for epoll with SHARDD_BACKEND.
+std::string expected_backend() {
+    const char* env = std::getenv("SHARDD_BACKEND");
+    return env && std::string(env) == "epoll" ? "epoll" : "io_uring";
+}
+
 double sample_value(const std::string& samples, const std::string& name_and_labels) {
     const auto at = samples.find(" " + name_and_labels + " ");
     REQUIRE(at != std::string::npos);
@@ -143,7 +151,8 @@ TEST_CASE("/metrics: a real Prometheus parser reads it, and the counters follow 
     CHECK(sample_value(samples, "shardd_open_fds{}") > 5);
     CHECK(sample_value(samples, "shardd_resident_memory_bytes{}") > 1e6);
     CHECK_THAT(samples, Catch::Contains("counter shardd_connections_closed_total{shard=0} 5.0"));
-    CHECK_THAT(samples, Catch::Contains("gauge shardd_build_info{liburing="));
+    // The backend the shards run on.
+    CHECK_THAT(samples, Catch::Contains("gauge shardd_build_info{backend=" + expected_backend() + ",liburing="));
 }
 
 TEST_CASE("/metrics: the reactor's internals per shard, ring and task queue", "[admin]") {
@@ -270,6 +279,7 @@ TEST_CASE("/healthz, /readyz, /stats, /config and /", "[admin]") {
     CHECK(r.status == 200);
     CHECK_THAT(r.head, Catch::Contains("Content-Type: application/json"));
     CHECK_THAT(r.body, Catch::StartsWith("{\"version\":") && Catch::Contains("\"shards\":[{\"shard\":0,\"up\":true"));
+    CHECK_THAT(r.body, Catch::Contains(",\"backend\":\"" + expected_backend() + "\","));
     CHECK_THAT(r.body, Catch::Contains("\"listeners\":[{\"name\":\"e\",\"active\":0,\"accepted\":0,"));
     {
         // Valid JSON, by a real parser.

@@ -7,6 +7,7 @@
 
 #include <arpa/inet.h>
 #include <catch2/catch.hpp>
+#include <cstdlib>
 #include <filesystem>
 #include <netinet/in.h>
 #include <sys/socket.h>
@@ -17,6 +18,20 @@ using namespace shardd::test;
 namespace {
 
 const std::string listener = "[[listener]]\nname = \"l\"\nlisten = \"127.0.0.1:0\"\nmode = \"echo\"\n";
+
+// What --check prints for a valid config with runtime.backend = "auto", in
+// this test's environment: the suite needs io_uring, and may run with
+// SHARDD_BACKEND set to try each backend.
+std::string check_ok() {
+    const char* env = std::getenv("SHARDD_BACKEND");
+    const std::string over = env ? env : "";
+    const std::string backend =
+        over == "epoll"      ? "epoll (runtime.backend = \"auto\", overridden by SHARDD_BACKEND=epoll)"
+        : over == "io_uring" ? "io_uring (runtime.backend = \"auto\", overridden by SHARDD_BACKEND=io_uring; io_uring "
+                               "is usable here)"
+                             : "io_uring (runtime.backend = \"auto\"; io_uring is usable here)";
+    return "configuration OK\nbackend: " + backend + "\n";
+}
 
 }  // namespace
 
@@ -45,7 +60,7 @@ TEST_CASE("usage errors exit 64", "[cli]") {
 TEST_CASE("--check accepts the bundled example config", "[cli]") {
     auto r = run_shardd({"--check", "-c", source_path("config/shardd.example.toml")});
     CHECK(r.exit_code == 0);
-    CHECK(r.out == "configuration OK\n");
+    CHECK(r.out == check_ok());
     CHECK(r.err.empty());
 }
 
@@ -63,6 +78,8 @@ TEST_CASE("--check reports bad configs with exit 78 and file:line:col", "[cli]")
                       ":2:20: runtime.shutdown_timeout: expected a duration like \"10s\""},
              bad_case{"bad address", "[[listener]]\nname = \"l\"\nlisten = \"300.1.1.1:80\"\nmode = \"echo\"\n",
                       ":3:10: listener[0].listen: expected an IPv4 address"},
+             bad_case{"bad backend", "[runtime]\nbackend = \"kqueue\"\n" + listener,
+                      ":2:11: runtime.backend: expected \"auto\", \"io_uring\" or \"epoll\", found \"kqueue\"\n"},
              bad_case{"syntax error", "[runtime\n" + listener, ":1:9: TOML syntax error"},
              bad_case{"idle timeout that would spin", listener + "idle_timeout = \"1us\"\n",
                       ":5:16: listener[0].idle_timeout: expected \"0s\" (off) or a duration from 10ms to 24h, found "
@@ -76,6 +93,62 @@ TEST_CASE("--check reports bad configs with exit 78 and file:line:col", "[cli]")
         CHECK_THAT(r.err, Catch::StartsWith(f.path() + c.line));
         // One line per problem.
         CHECK(std::count(r.err.begin(), r.err.end(), '\n') == 1);
+    }
+}
+
+TEST_CASE("--check says which backend would run here, and why", "[cli]") {
+    struct backend_case {
+        const char* backend;
+        const char* env;  // SHARDD_BACKEND, or nullptr for none
+        std::string line;
+    };
+    for (const auto& c : {
+             backend_case{"auto", nullptr, "backend: io_uring (runtime.backend = \"auto\"; io_uring is usable here)"},
+             backend_case{"io_uring", nullptr,
+                          "backend: io_uring (runtime.backend = \"io_uring\"; io_uring is usable here)"},
+             backend_case{"epoll", nullptr, "backend: epoll (runtime.backend = \"epoll\")"},
+             backend_case{"auto", "epoll",
+                          "backend: epoll (runtime.backend = \"auto\", overridden by SHARDD_BACKEND=epoll)"},
+             // The variable overrides "auto" only.
+             backend_case{"io_uring", "epoll",
+                          "backend: io_uring (runtime.backend = \"io_uring\"; io_uring is usable here)"},
+         }) {
+        INFO(c.backend << " with SHARDD_BACKEND=" << (c.env ? c.env : "(unset)"));
+        temp_file f("shardd.toml", "[runtime]\nbackend = \"" + std::string(c.backend) + "\"\n" + listener);
+        const std::string env = c.env ? "SHARDD_BACKEND=" + std::string(c.env) : "-uSHARDD_BACKEND";
+        auto r = run_program("/usr/bin/env", {env, shardd_binary(), "--check", "-c", f.path()});
+        CHECK(r.exit_code == 0);
+        CHECK(r.out == "configuration OK\n" + c.line + "\n");
+        CHECK(r.err.empty());
+    }
+}
+
+TEST_CASE("--check where io_uring is refused: auto would run on epoll, io_uring would not start", "[cli]") {
+    const char* wrapper = std::getenv("SHARDD_SECCOMP_EXEC");
+    REQUIRE(wrapper != nullptr);
+    struct refusal {
+        const char* filter;
+        const char* backend;
+        std::string line;
+    };
+    for (const auto& c : {
+             refusal{"io_uring_setup", "auto",
+                     "backend: epoll (runtime.backend = \"auto\"; io_uring is not usable here: a seccomp filter "
+                     "denies io_uring_setup (Docker's and containerd's default profiles do)"},
+             refusal{"io_uring_setup:ENOSYS", "io_uring",
+                     "backend: none, shardd would not start here (runtime.backend = \"io_uring\", and io_uring is "
+                     "not usable here: this kernel or sandbox has no io_uring"},
+             refusal{"io_uring_setup:ENOSYS", "epoll", "backend: epoll (runtime.backend = \"epoll\")\n"},
+         }) {
+        INFO(c.filter << ", runtime.backend = " << c.backend);
+        temp_file f("shardd.toml", "[runtime]\nbackend = \"" + std::string(c.backend) + "\"\n" + listener);
+        auto r = run_program(
+            wrapper, {c.filter, "/usr/bin/env", "-uSHARDD_BACKEND", shardd_binary(), "--check", "-c", f.path()});
+        // The file is valid: where the check runs need not be where the
+        // daemon will.
+        CHECK(r.exit_code == 0);
+        CHECK_THAT(r.out, Catch::StartsWith("configuration OK\n" + c.line));
+        CHECK(std::count(r.out.begin(), r.out.end(), '\n') == 2);
     }
 }
 
@@ -101,7 +174,7 @@ TEST_CASE("--check binds nothing", "[cli]") {
     temp_file f("shardd.toml", "[[listener]]\nname = \"l\"\nlisten = \"127.0.0.1:" + port + "\"\nmode = \"echo\"\n");
     auto r = run_shardd({"--check", "-c", f.path()});
     CHECK(r.exit_code == 0);
-    CHECK(r.out == "configuration OK\n");
+    CHECK(r.out == check_ok());
 }
 
 TEST_CASE("--print-config prints the effective config; the command line wins", "[cli]") {
@@ -122,7 +195,7 @@ TEST_CASE("--print-config prints the effective config; the command line wins", "
     auto check = run_shardd({"--check", "--print-config", "-c", again.path()});
     CHECK(check.exit_code == 0);
     CHECK(check.out == r.out);
-    CHECK(check.err == "configuration OK\n");
+    CHECK(check.err == check_ok());
 }
 
 TEST_CASE("bad command-line values exit 64 and name the option", "[cli]") {
@@ -174,7 +247,7 @@ TEST_CASE("a config file is read up to 1 MiB and no further", "[cli]") {
     temp_file at_cap("shardd.toml", config_of_size(shardd::config::max_config_file_size));
     auto r = run_shardd({"--check", "-c", at_cap.path()});
     CHECK(r.exit_code == 0);
-    CHECK(r.out == "configuration OK\n");
+    CHECK(r.out == check_ok());
     CHECK(r.err.empty());
 
     temp_file over_cap("shardd.toml", config_of_size(shardd::config::max_config_file_size + 1));
@@ -208,14 +281,14 @@ TEST_CASE("a config through a pipe or a symlink is read like a file", "[cli]") {
     auto r =
         run_program("/bin/sh", {"-c", "cat \"$1\" | exec \"$0\" --check -c /dev/stdin", shardd_binary(), f.path()});
     CHECK(r.exit_code == 0);
-    CHECK(r.out == "configuration OK\n");
+    CHECK(r.out == check_ok());
     CHECK(r.err.empty());
 
     const std::string link = std::filesystem::path(f.path()).parent_path() / "link.toml";
     std::filesystem::create_symlink(f.path(), link);
     r = run_shardd({"--check", "-c", link});
     CHECK(r.exit_code == 0);
-    CHECK(r.out == "configuration OK\n");
+    CHECK(r.out == check_ok());
 }
 
 namespace {
@@ -261,7 +334,7 @@ TEST_CASE("--check warns when the receive pool is short of 4 rounds, and still p
     temp_file f("shardd.toml", small_pool);
     auto r = run_shardd({"--check", "-c", f.path()});
     CHECK(r.exit_code == 0);
-    CHECK(r.out == "configuration OK\n");
+    CHECK(r.out == check_ok());
     CHECK(r.err == f.path() + small_pool_warning);
 }
 

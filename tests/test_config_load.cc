@@ -32,6 +32,7 @@ mode = "echo"
 const std::string every_key = R"(
 [runtime]
 cpus = "1"
+backend = "epoll"
 io_memory = "8MiB"
 ring_entries = 256
 spin_before_park = "50us"
@@ -96,6 +97,7 @@ queue_timeout = "1s"
 TEST_CASE("a minimal config gets the documented defaults", "[config]") {
     config_t c = load_ok(minimal);
     CHECK(c.runtime.all_cpus);
+    CHECK(c.runtime.backend == io_backend::automatic);
     CHECK(c.runtime.io_memory == 4 * MiB);
     CHECK(c.runtime.ring_entries == 1024);
     CHECK(c.runtime.spin_before_park == 0ns);
@@ -130,6 +132,7 @@ TEST_CASE("every key is read", "[config]") {
     CHECK_FALSE(c.runtime.all_cpus);
     CHECK(c.runtime.cpus.cpus() == std::vector<unsigned>{1});
     CHECK(effective_cpus(c, two_cpus).cpus() == std::vector<unsigned>{1});
+    CHECK(c.runtime.backend == io_backend::epoll);
     CHECK(c.runtime.io_memory == 8 * MiB);
     CHECK(c.runtime.ring_entries == 256);
     CHECK(c.runtime.spin_before_park == 50us);
@@ -208,6 +211,14 @@ TEST_CASE("every balance policy and log level is accepted", "[config]") {
     for (const char* level : {"trace", "debug", "info", "warn", "error"}) {
         config_t c = load_ok("[log]\nlevel = \"" + std::string(level) + "\"\n" + minimal);
         CHECK(to_string(c.log.level) == level);
+    }
+}
+
+TEST_CASE("every backend is accepted and prints as written", "[config]") {
+    for (const char* backend : {"auto", "io_uring", "epoll"}) {
+        config_t c = load_ok("[runtime]\nbackend = \"" + std::string(backend) + "\"\n" + minimal);
+        CHECK(to_string(c.runtime.backend) == backend);
+        CHECK_THAT(to_toml(c), Catch::Contains("\nbackend = \"" + std::string(backend) + "\"\n"));
     }
 }
 

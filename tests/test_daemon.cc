@@ -94,9 +94,13 @@ TEST_CASE("one pinned, named thread per CPU; READY, then SIGTERM exits 0", "[dae
     auto r = d.wait();
     REQUIRE(r.has_value());
     CHECK(r->exit_code == 0);
-    CHECK_THAT(r->err, Catch::Contains("[main] ready: "));
-    CHECK_THAT(r->err,
-               Catch::Contains("[shard 0] started on CPU " + std::to_string(allowed->cpus()[0]) + "; rings: main "));
+    CHECK_THAT(r->err, Catch::Contains("[main] runtime: backend auto, "));
+    CHECK_THAT(r->err, Catch::Contains("[main] ready: " + std::to_string(allowed->size()) + " shard"));
+    CHECK_THAT(r->err, Catch::Contains("[shard 0] started on CPU " + std::to_string(allowed->cpus()[0]) +
+                                       "; backend io_uring, rings: main "));
+    CHECK_THAT(r->err, Catch::Contains(" running on io_uring\n"));
+    // io_uring is usable here: nothing to warn about.
+    CHECK_THAT(r->err, !Catch::Contains("not usable"));
     CHECK_THAT(r->err, Catch::Contains("[shard 0] stopped"));
     CHECK_THAT(r->err, Catch::Contains("[main] SIGTERM received: draining"));
     // Every line names its thread.

@@ -131,6 +131,14 @@ TEST_CASE("this kernel has every required opcode", "[probe]") {
     CHECK_FALSE(report->kernel_release.empty());
 }
 
+TEST_CASE("io_uring is usable here, so io_uring_unusable_reason() has nothing to say", "[probe]") {
+    // The refused cases (seccomp's EPERM, ENOSYS) are in test_cli: they need
+    // a filter on a process of their own.
+    const auto reason = io_uring_unusable_reason();
+    INFO(reason.value_or(""));
+    CHECK_FALSE(reason.has_value());
+}
+
 TEST_CASE("probing on an existing ring agrees with the standalone probe", "[probe]") {
     test_ring t;
     INFO("io_uring_queue_init: " << t.rc);

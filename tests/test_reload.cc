@@ -194,12 +194,14 @@ TEST_CASE("reload: restart-only keys are refused and named, the rest applies; a 
     REQUIRE(notify.wait_for("READY=1").has_value());
     const std::string first = address_of(d.stderr_text(), "one");
 
-    // recv_buffers and io_memory need a restart; the new listener does not.
-    write_config(f.path(), "[runtime]\ncpus = \"" + cpu + "\"\nrecv_buffers = 256\nio_memory = \"8MiB\"\n" + one +
+    // backend, recv_buffers and io_memory need a restart; the new listener
+    // does not.
+    write_config(f.path(), "[runtime]\ncpus = \"" + cpu +
+                               "\"\nbackend = \"epoll\"\nrecv_buffers = 256\nio_memory = \"8MiB\"\n" + one +
                                "[[listener]]\nname = \"two\"\nlisten = \"127.0.0.1:0\"\nmode = \"echo\"\n");
     reload(d, notify);
-    CHECK(d.wait_for_output("reload: runtime.io_memory, runtime.recv_buffers need a restart: keeping the running "
-                            "values; applying the rest"));
+    CHECK(d.wait_for_output("reload: runtime.backend, runtime.io_memory, runtime.recv_buffers need a restart: keeping "
+                            "the running values; applying the rest"));
     const std::string second = address_of(d.stderr_text(), "two");
     REQUIRE(!second.empty());
     for (const auto& addr : {first, second}) {

@@ -58,7 +58,8 @@ struct admin_sources {
     const std::vector<reactor_stats>* reactors = nullptr;
     const std::atomic<daemon_phase>* phase = nullptr;
     std::chrono::system_clock::time_point started;
-    std::string ring_flags;  // shard 0's main ring, as logged at start
+    std::string backend;     // "io_uring" or "epoll", as logged at start
+    std::string ring_flags;  // shard 0's main ring, as logged at start ("" on epoll)
     // The shards' CPUs: the admin thread keeps off them where the process
     // may run elsewhere, so that rendering a scrape never takes a shard's
     // CPU (on a machine with a shard on every CPU it shares them).

@@ -444,7 +444,10 @@ std::string metrics_text(const admin_sources& src) {
     exposition e;
     e.family("shardd_build_info", "gauge", "Always 1; the labels say what runs.");
     e.sample("shardd_build_info",
-             {{"version", SHARDD_VERSION}, {"liburing", SHARDD_LIBURING_VERSION}, {"ring_flags", src.ring_flags}},
+             {{"version", SHARDD_VERSION},
+              {"backend", src.backend},
+              {"liburing", SHARDD_LIBURING_VERSION},
+              {"ring_flags", src.ring_flags}},
              std::uint64_t{1});
     e.family("shardd_start_time_seconds", "gauge", "When the process started, in seconds since the epoch.");
     e.sample("shardd_start_time_seconds", {}, start_seconds(src));
@@ -520,11 +523,11 @@ std::string reactor_json(const reactor_stats& r) {
 }  // namespace
 
 std::string stats_json(const admin_sources& src) {
-    std::string out =
-        "{\"version\":\"" SHARDD_VERSION "\",\"start_time_seconds\":" + std::to_string(start_seconds(src)) +
-        ",\"open_fds\":" + std::to_string(open_fds()) +
-        ",\"resident_memory_bytes\":" + std::to_string(resident_bytes()) +
-        ",\"ready\":" + (src.phase->load() == daemon_phase::ready ? "true" : "false") + ",\"shards\":[";
+    std::string out = "{\"version\":\"" SHARDD_VERSION "\",\"backend\":\"" + src.backend +
+                      "\",\"start_time_seconds\":" + std::to_string(start_seconds(src)) +
+                      ",\"open_fds\":" + std::to_string(open_fds()) +
+                      ",\"resident_memory_bytes\":" + std::to_string(resident_bytes()) +
+                      ",\"ready\":" + (src.phase->load() == daemon_phase::ready ? "true" : "false") + ",\"shards\":[";
     const std::vector<unsigned> late = late_shards(src);
     for (std::size_t i = 0; i < src.counters->size(); ++i) {
         const shard_counters& c = (*src.counters)[i];
