@@ -127,6 +127,7 @@ expected<std::unique_ptr<uring_ring>> uring_ring::create(ring_kind kind, unsigne
             rc = io_uring_queue_init_params(entries, &r->_ring, &p);
         }
         if (rc == 0) {
+            r->_live = true;
             if (!first) {
                 spdlog::info("{} ring: kernel refused {}, using {}", to_string(kind), flags_to_string(tried_before),
                              flags_to_string(r->_ring.flags));
@@ -154,7 +155,14 @@ expected<std::unique_ptr<uring_ring>> uring_ring::create(ring_kind kind, unsigne
     return r;
 }
 
-uring_ring::~uring_ring() { io_uring_queue_exit(&_ring); }
+uring_ring::~uring_ring() {
+    // Only a ring that was set up: io_uring_queue_exit() on the zeroed
+    // struct of a failed create() would close(0), which under the epoll
+    // fallback may be another shard's epoll instance.
+    if (_live) {
+        io_uring_queue_exit(&_ring);
+    }
+}
 
 std::size_t uring_ring::locked_bytes() const noexcept {
     // liburing sizes both mappings of the one region (IORING_FEAT_SINGLE_MMAP)

@@ -87,6 +87,7 @@ private:
     explicit uring_ring(ring_kind kind) noexcept : ring(kind) {}
 
     io_uring _ring{};
+    bool _live = false;  // io_uring_queue_init_params() succeeded
     bool _ring_fd_registered = false;
 };
 
