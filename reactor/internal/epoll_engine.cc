@@ -234,6 +234,7 @@ void epoll_engine::wait(epoll_op* op, list_kind list, outcome why) {
     (l[1] ? l[1]->next : l[0]) = op;
     l[1] = op;
     _waiting[op->sqe.user_data] = op;
+    op->in_waiting = true;
     if (why == outcome::yielded && !st.in_retry) {
         st.in_retry = true;
         _retry.push_back(fd);
@@ -252,8 +253,13 @@ void epoll_engine::unlink(epoll_op* op) noexcept {
     if (op->heap_index != epoll_op::no_index) {
         timer_remove(op);
     }
-    if (auto it = _waiting.find(op->sqe.user_data); it != _waiting.end() && it->second == op) {
-        _waiting.erase(it);
+    if (op->in_waiting) {
+        // Only what waited is in the table: an operation done at submit
+        // (most sends) costs no hash lookup.
+        op->in_waiting = false;
+        if (auto it = _waiting.find(op->sqe.user_data); it != _waiting.end() && it->second == op) {
+            _waiting.erase(it);
+        }
     }
 }
 
@@ -522,6 +528,7 @@ void epoll_engine::start_poll(epoll_op* op) {
     (l[1] ? l[1]->next : l[0]) = op;
     l[1] = op;
     _waiting[op->sqe.user_data] = op;
+    op->in_waiting = true;
 }
 
 // --- timers ------------------------------------------------------------------
@@ -538,6 +545,7 @@ void epoll_engine::start_timeout(epoll_op* op, bool link) {
     timer_push(op);
     if (!link) {
         _waiting[sqe.user_data] = op;
+        op->in_waiting = true;
     }
 }
 

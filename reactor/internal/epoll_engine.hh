@@ -36,6 +36,7 @@ struct epoll_op {
     epoll_op* next = nullptr;
     std::uint8_t list = 0;
     bool connecting = false;     // CONNECT: connect(2) said EINPROGRESS
+    bool in_waiting = false;     // in epoll_engine::_waiting
     bool stream_file = false;    // READ/WRITE: the file has no offset (ESPIPE)
     std::uint64_t done = 0;      // bytes: sent (MSG_WAITALL), received (multishot byte limit)
     std::uint64_t deadline = 0;  // timers: CLOCK_MONOTONIC nanoseconds
