@@ -26,6 +26,7 @@ expected<owned_fd> listen_socket(const socket_address& addr, const listen_option
     if (fd < 0) {
         return unexpected{errno_code(errno)};
     }
+    internal::fd_opened(fd);
     auto fail = [](std::error_code ec) { return unexpected{ec}; };
     if (auto ec = set_int_option(fd, SOL_SOCKET, SO_REUSEADDR, 1)) {
         return fail(ec);
@@ -54,6 +55,7 @@ expected<owned_fd> tcp_socket(int family) {
     if (!fd) {
         return unexpected{errno_code(errno)};
     }
+    internal::fd_opened(fd.get());
     return fd;
 }
 

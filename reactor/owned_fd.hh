@@ -21,6 +21,9 @@ namespace internal {
 // On the calling thread's executor, if it runs the epoll backend: `fd` is
 // about to be closed (executor.cc).
 void fd_closing(int fd) noexcept;
+// The same for a descriptor just opened, or handed over from another
+// thread: whatever the backend knew of its number is of an earlier file.
+inline void fd_opened(int fd) noexcept { fd_closing(fd); }
 }  // namespace internal
 
 // close(2), telling the backend first. For descriptors the reactor may have

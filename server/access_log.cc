@@ -122,7 +122,7 @@ access_log::access_log(int fd, config::log_format format, access_log_reopen* reo
 
 access_log::~access_log() {
     if (_fd >= 0 && _fd != STDERR_FILENO) {
-        ::close(_fd);
+        close_fd(_fd);
     }
 }
 
@@ -158,8 +158,11 @@ task<void> access_log::run() {
         if (_reopen) {
             if (const int fresh = _reopen->fd.exchange(-1, std::memory_order_acquire); fresh >= 0) {
                 if (_fd >= 0 && _fd != STDERR_FILENO) {
-                    ::close(_fd);
+                    close_fd(_fd);
                 }
+                // Opened by the main thread: this shard may know its
+                // number from an earlier file (the epoll backend).
+                internal::fd_opened(fresh);
                 _fd = fresh;
                 _pipe_like = is_pipe_like(fresh);
             }

@@ -1,5 +1,7 @@
 #include "server/splice_pipes.hh"
 
+#include "reactor/owned_fd.hh"
+
 #include <atomic>
 #include <cerrno>
 #include <fcntl.h>
@@ -26,8 +28,8 @@ bool splice_pipes::open(splice_pipe& out) noexcept {
 }
 
 void splice_pipes::close(splice_pipe p) noexcept {
-    ::close(p.read_end);
-    ::close(p.write_end);
+    close_fd(p.read_end);
+    close_fd(p.write_end);
     --_open;
 }
 

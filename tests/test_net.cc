@@ -9,6 +9,7 @@
 #include <catch2/catch.hpp>
 #include <cstring>
 #include <numeric>
+#include <poll.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -310,6 +311,43 @@ TEST_CASE("stop() waits until the kernel has let go of the receive; later data t
     CHECK(result.second);
     char buf[8];
     CHECK(::recv(sv[0], buf, sizeof(buf), MSG_DONTWAIT) == 2);
+    ::close(sv[0]);
+    ::close(sv[1]);
+}
+
+TEST_CASE("a poll with a timeout on a socket that stays quiet ends timed_out", "[net][timers]") {
+    auto ex = make_executor();
+    int sv[2];
+    REQUIRE(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) == 0);
+    auto r = ex->run([](int fd) -> task<expected<std::uint32_t>> {
+        co_return co_await poll_fd(fd, POLLIN).with_timeout(20ms);
+    }(sv[0]));
+    REQUIRE_FALSE(r.has_value());
+    CHECK(r.error() == std::errc::timed_out);
+    // And one that becomes readable in time says so.
+    REQUIRE(::send(sv[1], "x", 1, 0) == 1);
+    auto ready = ex->run([](int fd) -> task<expected<std::uint32_t>> {
+        co_return co_await poll_fd(fd, POLLIN).with_timeout(10s);
+    }(sv[0]));
+    REQUIRE(ready.has_value());
+    CHECK((*ready & POLLIN) != 0);
+    ::close(sv[0]);
+    ::close(sv[1]);
+}
+
+TEST_CASE("a MSG_DONTWAIT send into a full socket answers EAGAIN at once", "[net]") {
+    auto ex = make_executor();
+    int sv[2];
+    REQUIRE(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) == 0);
+    // Fill it with blocking-free sends first.
+    std::vector<char> chunk(64 << 10, 'a');
+    while (::send(sv[0], chunk.data(), chunk.size(), MSG_DONTWAIT) > 0) {
+    }
+    auto r = ex->run([](int fd, const char* data) -> task<expected<std::uint32_t>> {
+        co_return co_await send_some(fd, data, 4096, MSG_DONTWAIT);
+    }(sv[0], chunk.data()));
+    REQUIRE_FALSE(r.has_value());
+    CHECK(r.error() == std::errc::resource_unavailable_try_again);
     ::close(sv[0]);
     ::close(sv[1]);
 }

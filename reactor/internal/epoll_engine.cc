@@ -120,10 +120,17 @@ void epoll_engine::start(epoll_ring& r, const io_uring_sqe& sqe, const io_uring_
         break;
     }
     case IORING_OP_POLL_ADD: {
+        if (sqe.fd < 0) {
+            r.post(sqe.user_data, -EBADF, 0);
+            break;
+        }
         epoll_op* op = alloc_op();
         op->sqe = sqe;
         op->owner = &r;
-        start_poll(op);
+        if (start_poll(op) && link_timeout) {
+            link_timer(r, op, *link_timeout);
+            return;
+        }
         break;
     }
     case IORING_OP_RECV:
@@ -142,10 +149,12 @@ void epoll_engine::start(epoll_ring& r, const io_uring_sqe& sqe, const io_uring_
         op->owner = &r;
         const bool in = sqe.opcode == IORING_OP_RECV || sqe.opcode == IORING_OP_ACCEPT || sqe.opcode == IORING_OP_READ;
         fd_state& st = state(sqe.fd);
-        // Known not ready (an EAGAIN since the last edge): wait without the
-        // system call that would only say so again.
-        const bool known_blocked = st.registered && sqe.opcode != IORING_OP_CONNECT && sqe.opcode != IORING_OP_READ &&
-                                   sqe.opcode != IORING_OP_WRITE && !(in ? st.readable : st.writable) && !st.hup;
+        // Known not readable (an EAGAIN or a short read since the last
+        // edge): a receive or accept waits without the system call that
+        // would only say so again. Sends are always tried: one with
+        // MSG_DONTWAIT must answer now, and most succeed.
+        const bool known_blocked = st.registered && (sqe.opcode == IORING_OP_RECV || sqe.opcode == IORING_OP_ACCEPT) &&
+                                   !st.readable && !st.hup;
         const outcome o = known_blocked ? outcome::blocked : attempt(op);
         if (o == outcome::finished) {
             if (link_timeout) {
@@ -154,12 +163,7 @@ void epoll_engine::start(epoll_ring& r, const io_uring_sqe& sqe, const io_uring_
             return;
         }
         if (link_timeout) {
-            epoll_op* t = alloc_op();
-            t->sqe = *link_timeout;
-            t->owner = &r;
-            t->link = op;
-            op->link = t;
-            start_timeout(t, true);
+            link_timer(r, op, *link_timeout);
         }
         wait(op, in ? list_in : list_out, o);
         return;
@@ -171,6 +175,15 @@ void epoll_engine::start(epoll_ring& r, const io_uring_sqe& sqe, const io_uring_
     if (link_timeout) {
         r.post(link_timeout->user_data, -ECANCELED, 0);
     }
+}
+
+void epoll_engine::link_timer(epoll_ring& r, epoll_op* op, const io_uring_sqe& link_timeout) {
+    epoll_op* t = alloc_op();
+    t->sqe = link_timeout;
+    t->owner = &r;
+    t->link = op;
+    op->link = t;
+    start_timeout(t, true);
 }
 
 void epoll_engine::run_all_sqes() {
@@ -197,14 +210,20 @@ bool epoll_engine::ensure_registered(int fd, fd_state& st) {
     epoll_event ev{};
     ev.events = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET;
     ev.data.u64 = static_cast<std::uint64_t>(fd);
-    if (epoll_ctl(_epfd, EPOLL_CTL_ADD, fd, &ev) != 0 && errno != EEXIST) {
-        return false;
+    bool fresh = true;
+    if (epoll_ctl(_epfd, EPOLL_CTL_ADD, fd, &ev) != 0) {
+        if (errno != EEXIST) {
+            return false;
+        }
+        fresh = false;
     }
     // Adding reports the descriptor's present state as an edge, so the
-    // bits can start clear: what is ready shows at the next epoll_wait.
+    // bits can start clear: what is ready shows at the next epoll_wait. A
+    // file already in the set (its number was forgotten, the file was not
+    // closed) gives no such edge: try it once.
     st.registered = true;
-    st.readable = false;
-    st.writable = false;
+    st.readable = !fresh;
+    st.writable = !fresh;
     st.hup = false;
     return true;
 }
@@ -326,6 +345,10 @@ epoll_engine::outcome epoll_engine::attempt_recv(epoll_op* op, fd_state& st) {
             buf = reinterpret_cast<void*>(b.addr);
             len = b.len;
             bid = b.bid;
+        }
+        if (limit != 0) {
+            // As io_uring's limited multishot: no read past the limit.
+            len = static_cast<std::uint32_t>(std::min<std::uint64_t>(len, limit - op->done));
         }
         const ssize_t n = ::recv(sqe.fd, buf, len, flags);
         if (n < 0) {
@@ -475,21 +498,34 @@ epoll_engine::outcome epoll_engine::attempt_connect(epoll_op* op) {
 
 epoll_engine::outcome epoll_engine::attempt_rw(epoll_op* op, bool blocking) {
     const io_uring_sqe& sqe = op->sqe;
+    const bool read = sqe.opcode == IORING_OP_READ;
     iovec iov{reinterpret_cast<void*>(sqe.addr), sqe.len};
+    fd_state& st = state(sqe.fd);
+    if (!blocking && st.no_nowait) {
+        // A file that refuses RWF_NOWAIT (EOPNOTSUPP: an eventfd before
+        // Linux 5.12, say) but can be polled: ask it, then do the plain call
+        // only when it is ready.
+        pollfd p{sqe.fd, static_cast<short>(read ? POLLIN : POLLOUT), 0};
+        if (::poll(&p, 1, 0) <= 0) {
+            return outcome::blocked;
+        }
+        blocking = true;
+    }
     const int flags = blocking ? 0 : RWF_NOWAIT;
     for (;;) {
         // An offset of -1 is io_uring's "the file position", as for preadv2.
-        const auto off = op->stream_file ? off_t{-1} : static_cast<off_t>(sqe.off);
-        const ssize_t n = sqe.opcode == IORING_OP_READ ? ::preadv2(sqe.fd, &iov, 1, off, flags)
-                                                       : ::pwritev2(sqe.fd, &iov, 1, off, flags);
+        const auto off = st.stream_file ? off_t{-1} : static_cast<off_t>(sqe.off);
+        const ssize_t n = read ? ::preadv2(sqe.fd, &iov, 1, off, flags) : ::pwritev2(sqe.fd, &iov, 1, off, flags);
         if (n >= 0) {
             finish(op, static_cast<std::int32_t>(n));
             return outcome::finished;
         }
         const int err = errno;
-        if (err == ESPIPE && !op->stream_file) {
+        if (err == ESPIPE && !st.stream_file) {
             // eventfd, pipes, sockets: io_uring ignores the offset there.
-            op->stream_file = true;
+            // Remembered per descriptor: the executor's eventfd is read
+            // after every sleep.
+            st.stream_file = true;
             continue;
         }
         if (err == EINTR) {
@@ -497,7 +533,11 @@ epoll_engine::outcome epoll_engine::attempt_rw(epoll_op* op, bool blocking) {
         }
         if (!blocking && (err == EAGAIN || err == EOPNOTSUPP)) {
             // Not ready, or a file that cannot say without blocking: wait()
-            // polls the first and runs the second synchronously.
+            // polls the first and runs the second synchronously (or, when it
+            // can be polled, as no_nowait above).
+            if (err == EOPNOTSUPP) {
+                st.no_nowait = true;
+            }
             return outcome::blocked;
         }
         finish(op, -err);
@@ -505,7 +545,7 @@ epoll_engine::outcome epoll_engine::attempt_rw(epoll_op* op, bool blocking) {
     }
 }
 
-void epoll_engine::start_poll(epoll_op* op) {
+bool epoll_engine::start_poll(epoll_op* op) {
     const int fd = op->sqe.fd;
     const std::uint32_t wanted = op->sqe.poll32_events | POLLERR | POLLHUP;
     fd_state& st = state(fd);
@@ -514,13 +554,13 @@ void epoll_engine::start_poll(epoll_op* op) {
         pollfd p{fd, static_cast<short>(op->sqe.poll32_events), 0};
         if (::poll(&p, 1, 0) > 0 && (static_cast<std::uint32_t>(p.revents) & wanted)) {
             finish(op, p.revents & static_cast<short>(wanted));
-            return;
+            return false;
         }
     }
     // Registering reports the present state as an edge.
     if (!ensure_registered(fd, st)) {
         finish(op, -errno);
-        return;
+        return false;
     }
     op->list = list_poll;
     auto& l = st.lists[list_poll - 1];
@@ -529,6 +569,7 @@ void epoll_engine::start_poll(epoll_op* op) {
     l[1] = op;
     _waiting[op->sqe.user_data] = op;
     op->in_waiting = true;
+    return true;
 }
 
 // --- timers ------------------------------------------------------------------
@@ -777,7 +818,7 @@ int epoll_engine::harvest(std::int64_t timeout_ns) {
     // is not rounded to a millisecond.
     int n = epoll_pwait2(_epfd, events, max_events, timeout_ns >= 0 ? &ts : nullptr, nullptr);
     if (n < 0 && errno == ENOSYS) {
-        const std::int64_t ms = timeout_ns < 0 ? -1 : (timeout_ns + 999'999) / 1'000'000;
+        const std::int64_t ms = timeout_ns < 0 ? -1 : timeout_ns / 1'000'000 + (timeout_ns % 1'000'000 != 0);
         n = epoll_wait(_epfd, events, max_events, static_cast<int>(std::min<std::int64_t>(ms, INT_MAX)));
     }
     if (n < 0) {

@@ -37,7 +37,6 @@ struct epoll_op {
     std::uint8_t list = 0;
     bool connecting = false;     // CONNECT: connect(2) said EINPROGRESS
     bool in_waiting = false;     // in epoll_engine::_waiting
-    bool stream_file = false;    // READ/WRITE: the file has no offset (ESPIPE)
     std::uint64_t done = 0;      // bytes: sent (MSG_WAITALL), received (multishot byte limit)
     std::uint64_t deadline = 0;  // timers: CLOCK_MONOTONIC nanoseconds
     std::size_t heap_index = no_index;
@@ -91,6 +90,8 @@ private:
         bool hup = false;
         bool in_retry = false;
         bool nonblocking = false;    // O_NONBLOCK set by us (accept, connect)
+        bool stream_file = false;    // READ/WRITE: no offset (ESPIPE)
+        bool no_nowait = false;      // READ/WRITE: RWF_NOWAIT is EOPNOTSUPP
         epoll_op* lists[3][2] = {};  // [in, out, poll][head, tail]
     };
     enum class outcome { finished, blocked, yielded };
@@ -117,7 +118,9 @@ private:
     // Puts a blocked (or yielded) op on its descriptor's list.
     void wait(epoll_op* op, list_kind list, outcome why);
     bool ensure_registered(int fd, fd_state& st);
-    void start_poll(epoll_op* op);
+    // Whether the poll waits (false: it completed or failed at once).
+    bool start_poll(epoll_op* op);
+    void link_timer(epoll_ring& r, epoll_op* op, const io_uring_sqe& link_timeout);
     void start_timeout(epoll_op* op, bool link);
     void run_cancel(epoll_ring& r, const io_uring_sqe& sqe);
     void run_timeout_remove(epoll_ring& r, const io_uring_sqe& sqe);
