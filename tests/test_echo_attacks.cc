@@ -267,7 +267,13 @@ TEST_CASE("attack: slow readers trickling small segments do not starve the shard
     const run_result r = stop_in_bound(d);
     INFO(r.err);
     const shard_stats t = sum(drained_stats(r.err));
-    CHECK(t.pauses >= hog_count);
+    // What stopped the daemon reading each hog: its relay paused (the echo
+    // could not be sent), or, on a loaded machine, the shard's small
+    // receive pool ran dry first and the hog's receive waited for a buffer.
+    // Either bounds its memory (checked above); which one comes first for a
+    // given hog is timing (a CI run saw 5 pauses and 57 ENOBUFS for 8 hogs).
+    CHECK(t.pauses > 0);
+    CHECK(t.pauses + t.enobufs >= hog_count);
     if (splice) {
         CHECK(t.spilled + t.spliced > 0);
     } else {
