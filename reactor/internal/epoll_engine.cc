@@ -85,7 +85,7 @@ epoll_engine::fd_state& epoll_engine::state(int fd) {
     return _fds[static_cast<std::size_t>(fd)];
 }
 
-epoll_op* epoll_engine::alloc_op() {
+epoll_op* epoll_engine::alloc_op(epoll_ring& r, const io_uring_sqe& sqe) {
     if (_free_ops == nullptr) {
         auto chunk = std::make_unique<epoll_op[]>(ops_per_chunk);
         for (std::size_t i = 0; i < ops_per_chunk; ++i) {
@@ -97,6 +97,8 @@ epoll_op* epoll_engine::alloc_op() {
     epoll_op* op = _free_ops;
     _free_ops = op->free_next;
     *op = epoll_op{};
+    op->sqe = sqe;
+    op->owner = &r;
     return op;
 }
 
@@ -112,21 +114,13 @@ void epoll_engine::start(epoll_ring& r, const io_uring_sqe& sqe, const io_uring_
     case IORING_OP_NOP: r.post(sqe.user_data, 0, 0); break;
     case IORING_OP_ASYNC_CANCEL: run_cancel(r, sqe); break;
     case IORING_OP_TIMEOUT_REMOVE: run_timeout_remove(r, sqe); break;
-    case IORING_OP_TIMEOUT: {
-        epoll_op* op = alloc_op();
-        op->sqe = sqe;
-        op->owner = &r;
-        start_timeout(op, false);
-        break;
-    }
+    case IORING_OP_TIMEOUT: start_timeout(alloc_op(r, sqe), false); break;
     case IORING_OP_POLL_ADD: {
         if (sqe.fd < 0) {
             r.post(sqe.user_data, -EBADF, 0);
             break;
         }
-        epoll_op* op = alloc_op();
-        op->sqe = sqe;
-        op->owner = &r;
+        epoll_op* op = alloc_op(r, sqe);
         if (start_poll(op) && link_timeout) {
             link_timer(r, op, *link_timeout);
             return;
@@ -144,9 +138,7 @@ void epoll_engine::start(epoll_ring& r, const io_uring_sqe& sqe, const io_uring_
             r.post(sqe.user_data, -EBADF, 0);
             break;
         }
-        epoll_op* op = alloc_op();
-        op->sqe = sqe;
-        op->owner = &r;
+        epoll_op* op = alloc_op(r, sqe);
         const bool in = sqe.opcode == IORING_OP_RECV || sqe.opcode == IORING_OP_ACCEPT || sqe.opcode == IORING_OP_READ;
         fd_state& st = state(sqe.fd);
         // Known not readable (an EAGAIN or a short read since the last
@@ -178,9 +170,7 @@ void epoll_engine::start(epoll_ring& r, const io_uring_sqe& sqe, const io_uring_
 }
 
 void epoll_engine::link_timer(epoll_ring& r, epoll_op* op, const io_uring_sqe& link_timeout) {
-    epoll_op* t = alloc_op();
-    t->sqe = link_timeout;
-    t->owner = &r;
+    epoll_op* t = alloc_op(r, link_timeout);
     t->link = op;
     op->link = t;
     start_timeout(t, true);

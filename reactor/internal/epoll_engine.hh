@@ -104,7 +104,8 @@ private:
 
     epoll_engine() = default;
     fd_state& state(int fd);
-    epoll_op* alloc_op();
+    // A fresh operation of `r`, holding a copy of `sqe`.
+    epoll_op* alloc_op(epoll_ring& r, const io_uring_sqe& sqe);
     void free_op(epoll_op* op) noexcept;
 
     // Tries `op` once; finished: its final CQE is posted and it is freed.
